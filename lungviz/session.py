@@ -1,0 +1,152 @@
+"""An analysis session: the registry's models, loaded once, applied to files.
+
+The CLI makes one session per process; the dashboard keeps one in Streamlit's
+resource cache. Either way each model is loaded once, the modality gate routes
+each image to its task, and a bad file becomes an `Analysis` with an error
+instead of an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lungviz.cards import TASK_MODALITY, TASKS, ModelCard
+from lungviz.export import file_record, png_bytes
+from lungviz.images import ChestImage, ImageInputError, load_image
+from lungviz.modality import ModalityAssessment, assess_modality, load_gate
+from lungviz.overlay import draw_outline, overlay_heatmap
+from lungviz.prediction import PREDICTED, Classifier, ModelResult
+from lungviz.registry import discover, load_model, weights_dir
+
+AUTO = "auto"
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as (message, step, total_steps) while models load and run."""
+
+
+@dataclass
+class Analysis:
+    """Everything known about one input file after analysis."""
+
+    file: str
+    image: ChestImage | None = None
+    error: str | None = None
+    modality: ModalityAssessment | None = None
+    task: str | None = None
+    warning: str | None = None
+    results: list[ModelResult] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return file_record(self.file, error=self.error, task=self.task,
+                           modality=self.modality.to_dict() if self.modality else None,
+                           warning=self.warning, results=self.results)
+
+
+class AnalysisSession:
+    """Models of every task, loaded lazily and kept for the life of the process."""
+
+    def __init__(self, weights: Path | None = None) -> None:
+        self.root = Path(weights) if weights is not None else weights_dir()
+        self.cards: dict[str, list[ModelCard]] = discover(self.root)
+        self._classifiers: dict[tuple[str, str], Classifier] = {}
+        self._gate = None
+        self._gate_loaded = False
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks that have at least one model."""
+        return [task for task, cards in self.cards.items() if cards]
+
+    def check_model_names(self, names: Sequence[str] | None, task: str | None) -> None:
+        """Raise ValueError naming the unknown models and the known ones."""
+        if not names:
+            return
+        known = {c.name for t, cards in self.cards.items() if task in (None, t) for c in cards}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            from lungviz.cli import UsageError
+
+            raise UsageError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(sorted(known)) or 'none'}")
+
+    def classifier(self, card: ModelCard) -> Classifier:
+        key = (card.task, card.name)
+        if key not in self._classifiers:
+            self._classifiers[key] = Classifier(card, load_model(card))
+        return self._classifiers[key]
+
+    @property
+    def gate(self):
+        if not self._gate_loaded:
+            self._gate = load_gate(self.root)
+            self._gate_loaded = True
+        return self._gate
+
+    def choose_task(self, assessment: ModalityAssessment, requested: str = AUTO) -> tuple[str | None, str | None]:
+        """The task to run and a warning for the user, if any.
+
+        A manual task always wins. In auto mode an image the gate calls
+        "other" is not classified: a confident answer on a photo would mislead.
+        """
+        if requested != AUTO:
+            if requested not in TASKS:
+                raise ValueError(f"unknown task {requested!r}; choose from {', '.join(TASKS)}")
+            expected = TASK_MODALITY[requested]
+            if assessment.predicted not in (None, expected):
+                return requested, (f"this image looks like {assessment.describe()}, "
+                                   f"but was sent to the {requested} models as asked")
+            return requested, None
+        if assessment.predicted == "other":
+            return None, (f"this does not look like a chest X-ray or chest CT slice "
+                          f"({assessment.describe()}); choose a task to analyse it anyway")
+        for task, modality in TASK_MODALITY.items():
+            if modality == assessment.predicted and self.cards.get(task):
+                return task, None
+        fallback = self.tasks[0] if self.tasks else None
+        return fallback, (None if fallback is None else
+                          f"modality unknown; using the {fallback} models (choose a task to change)")
+
+    def analyse_image(self, image: ChestImage, *, file: str | None = None, task: str = AUTO,
+                      models: Sequence[str] | None = None, method: str | None = "gradcam",
+                      target: str = PREDICTED, progress: ProgressCallback | None = None) -> Analysis:
+        """Gate, route and run the selected models of the chosen task on one image."""
+        analysis = Analysis(file=file or image.name, image=image)
+        analysis.modality = assess_modality(image, self.gate)
+        analysis.task, analysis.warning = self.choose_task(analysis.modality, task)
+        if analysis.task is None:
+            return analysis
+        cards = [c for c in self.cards[analysis.task] if models is None or c.name in models]
+        for step, card in enumerate(cards):
+            if progress:
+                progress(f"{card.name}: loading and running", step, len(cards))
+            wanted = target if target == PREDICTED or target in card.classes else PREDICTED
+            analysis.results.append(self.classifier(card).run(image.pixels, method, wanted))
+        if progress:
+            progress("done", len(cards), len(cards))
+        return analysis
+
+    def analyse_bytes(self, data: bytes, name: str, **options: Any) -> Analysis:
+        """Like `analyse_image`, from a file's bytes; unreadable files give an error record."""
+        try:
+            image = load_image(data, name)
+        except ImageInputError as error:
+            return Analysis(file=name, error=str(error))
+        return self.analyse_image(image, file=name, **options)
+
+    def analyse_path(self, path: str, *, want_overlays: bool = False,
+                     **options: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """A file on disk to its record and, if wanted, overlay PNGs keyed by file name."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            return Analysis(file=path, error=f"{path}: cannot read file ({error.strerror or error})").record(), {}
+        analysis = self.analyse_bytes(data, path, **options)
+        overlays = {}
+        if want_overlays and analysis.image is not None:
+            stem = Path(path).stem
+            for result in analysis.results:
+                if result.heatmap is not None:
+                    rgb = overlay_heatmap(analysis.image.pixels, result.heatmap)
+                    overlays[f"{stem}__{result.name}.png"] = png_bytes(draw_outline(rgb, result.heatmap))
+        return analysis.record(), overlays
