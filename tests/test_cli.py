@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungviz.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _chest_png(path: Path, shape=(200, 180)) -> Path:
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    lungs = np.exp(-(((rows - 100) / 60.0) ** 2 + ((np.abs(cols - 90) - 40) / 25.0) ** 2))
+    Image.fromarray((np.clip(0.8 - 0.6 * lungs, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    good = _chest_png(tmp_path / "chest.png")
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    return [str(good), str(text), str(tmp_path / "missing.png"), str(empty), str(good)]
+
+
+def _records(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_json_lines_one_record_per_file_in_input_order(weights_root, inputs, capsys):
+    status = main(["predict", *inputs, "--json", "--task", "xray-pneumonia", "--weights", str(weights_root)])
+    records = _records(capsys)
+    assert status == 0
+    assert [r["file"] for r in records] == inputs
+    good, text, missing, empty, again = records
+    for record in (good, again):
+        assert record["error"] is None and record["task"] == "xray-pneumonia"
+        assert set(record["modality"]) >= {"predicted", "score"}
+        assert [m["name"] for m in record["models"]] == ["flat-softmax", "nested-sigmoid"]
+        for model in record["models"]:
+            assert set(model["probabilities"]) == {"NORMAL", "PNEUMONIA"}
+            assert sum(model["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+            assert model["predicted"] in model["probabilities"]
+            assert 0 <= model["threshold"] <= 1
+    assert good["models"] == [{**m, "seconds": a["seconds"]} for m, a in zip(again["models"], good["models"])]
+    assert "not an image" in text["error"] and text["models"] == []
+    assert "cannot read file" in missing["error"]
+    assert "empty" in empty["error"]
+
+
+def test_model_selection_and_heatmaps_on_disk(weights_root, inputs, tmp_path, capsys):
+    out = tmp_path / "heatmaps"
+    status = main(["predict", inputs[0], "--json", "--task", "ct-covid", "--models", "nested-sigmoid",
+                   "--save-heatmaps", str(out), "--weights", str(weights_root)])
+    (record,) = _records(capsys)
+    assert status == 0 and [m["name"] for m in record["models"]] == ["nested-sigmoid"]
+    (png,) = out.glob("*.png")
+    assert png.name == "chest__nested-sigmoid.png"
+    assert Image.open(png).size == (180, 200)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--models", "resnet"], "unknown model(s) resnet"),
+    (["--method", "occlusion"], "unknown method 'occlusion'"),
+    (["--task", "mri"], "invalid choice: 'mri'"),
+])
+def test_usage_errors_exit_2_with_a_message(weights_root, inputs, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", inputs[0], "--weights", str(weights_root), *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_human_readable_output(weights_root, inputs, capsys):
+    main(["predict", inputs[0], inputs[1], "--task", "xray-pneumonia", "--weights", str(weights_root)])
+    out = capsys.readouterr().out
+    assert "flat-softmax" in out and "P(PNEUMONIA)=" in out
+    assert f"{inputs[1]}: ERROR" in out
+
+
+def test_module_entry_point_never_prints_a_traceback(weights_root, tmp_path):
+    bad = tmp_path / "scan.dcm"
+    bad.write_bytes(b"\x00" * 128 + b"DICM" + b"\x01\x02" * 10)
+    done = subprocess.run([sys.executable, "-m", "lungviz", "predict", str(bad), "--json", "--method", "none",
+                           "--weights", str(weights_root)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    (record,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record["file"] == str(bad) and record["error"]

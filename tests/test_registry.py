@@ -1,0 +1,56 @@
+import shutil
+
+import numpy as np
+import pytest
+
+from lungviz.cards import TASKS, ModelCardError
+from lungviz.registry import ModelLoadError, discover, find_card, load_model
+
+
+def test_discovers_every_card_by_task(weights_root):
+    found = discover(weights_root)
+    assert set(found) == set(TASKS)
+    for task, cards in found.items():
+        assert [c.name for c in cards] == ["flat-softmax", "nested-sigmoid"]
+        assert all(c.task == task and c.model_path.is_file() for c in cards)
+
+
+@pytest.mark.parametrize("name", ["flat-softmax", "nested-sigmoid"])
+def test_loads_models_that_match_their_cards(weights_root, name):
+    card = find_card("ct-covid", name, weights_root)
+    model = load_model(card)
+    output = np.asarray(model(np.zeros((1, *card.input_size, 3), np.float32)))
+    assert output.shape == (1, 1 if card.head == "sigmoid" else 2)
+
+
+def test_unknown_model_lists_the_available_ones(weights_root):
+    with pytest.raises(ModelCardError, match="available: flat-softmax, nested-sigmoid"):
+        find_card("xray-pneumonia", "densenet", weights_root)
+
+
+def test_card_in_the_wrong_task_folder_is_an_error(weights_root, tmp_path):
+    shutil.copytree(weights_root / "ct-covid", tmp_path / "xray-pneumonia")
+    with pytest.raises(ModelCardError, match="lives in xray-pneumonia"):
+        discover(tmp_path)
+
+
+def test_missing_model_file_is_an_error(weights_root, tmp_path):
+    shutil.copytree(weights_root / "ct-covid", tmp_path / "ct-covid")
+    (tmp_path / "ct-covid" / "flat-softmax.keras").unlink()
+    with pytest.raises(ModelCardError, match="model file 'flat-softmax.keras' is missing"):
+        discover(tmp_path)
+
+
+def test_card_that_disagrees_with_the_model_is_refused(weights_root, tmp_path):
+    shutil.copytree(weights_root / "ct-covid", tmp_path / "ct-covid")
+    card = find_card("ct-covid", "flat-softmax", tmp_path)
+    card.head, card.classes = "sigmoid", card.classes
+    with pytest.raises(ModelLoadError, match="has 2 outputs"):
+        load_model(card)
+
+
+def test_corrupt_model_file_gives_a_clear_error(weights_root, tmp_path):
+    shutil.copytree(weights_root / "ct-covid", tmp_path / "ct-covid")
+    (tmp_path / "ct-covid" / "flat-softmax.keras").write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="cannot load model 'flat-softmax'"):
+        load_model(find_card("ct-covid", "flat-softmax", tmp_path))
