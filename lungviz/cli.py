@@ -41,7 +41,23 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     predict.set_defaults(handler=_run_predict)
 
+    cards = commands.add_parser("cards", help="print the table of shipped models from their cards")
+    cards.add_argument("--update-readme", action="store_true", help="rewrite the table in README.md")
+    cards.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
+    cards.set_defaults(handler=_run_cards)
     return parser
+
+
+def _run_cards(args: argparse.Namespace) -> int:
+    from lungviz.cards import markdown_table, replace_readme_table
+    from lungviz.registry import DEFAULT_WEIGHTS_DIR, discover
+
+    table = markdown_table(discover(args.weights))
+    if args.update_readme:
+        readme = DEFAULT_WEIGHTS_DIR.parent / "README.md"
+        readme.write_text(replace_readme_table(readme.read_text(), table))
+    print(table)
+    return 0
 
 
 def _run_predict(args: argparse.Namespace) -> int:
