@@ -94,16 +94,22 @@ def compare(variant: str, torch_python: str) -> None:
     blocks = lite.block_names(model)
     block_outputs = [[l for l in model.layers if l.name.startswith(f"{b}_")][-1].output for b in blocks]
     names = ["stem_bn", *(f"block{i}" for i in range(len(blocks))), "top_bn", "predictions"]
-    tensors = [model.get_layer("stem_activation").output, *block_outputs, model.get_layer(lite.CAM_LAYER).output, model.output]
+    tensors = [
+        model.get_layer("stem_activation").output,
+        *block_outputs,
+        model.get_layer(lite.CAM_LAYER).output,
+        model.output,
+    ]
     ours = keras.Model(model.input, tensors).predict(pixels, verbose=0)
     print(f"{variant} ({size}x{size}, {len(blocks)} blocks): max |keras - torch|")
     for name, value in zip(names, ours):
-        print(f"  {name:12s} {np.abs(value - reference[name]).max():.3g}   (max |torch| {np.abs(reference[name]).max():.3g})")
+        scale = np.abs(reference[name]).max()
+        print(f"  {name:12s} {np.abs(value - reference[name]).max():.3g}   (max |torch| {scale:.3g})")
     top_ours = np.argsort(-ours[-1], axis=1)[:, :5]
     top_ref = np.argsort(-reference["predictions"], axis=1)[:, :5]
     print("  top-5 identical for all inputs:", bool((top_ours == top_ref).all()))
     for name, top, probs in zip(PHOTOS, top_ours, ours[-1]):
-        print(f"  {name:10s} top-5 {top.tolist()} p={np.round(probs[top], 3).tolist()}")
+        print(f"  {name:10s} top-5 {top.tolist()} p=[{', '.join(f'{q:.3f}' for q in probs[top])}]")
     normalisation_evidence(model, pixels[: len(PHOTOS)])
 
 
@@ -113,7 +119,9 @@ def normalisation_evidence(model, photos: np.ndarray) -> None:
 
     kernel = model.get_layer("stem_conv").get_weights()[0]
     *_, moving_var = model.get_layer("stem_bn").get_weights()
-    conv = keras.Sequential([keras.Input(photos.shape[1:]), keras.layers.Conv2D(kernel.shape[-1], 3, 2, "same", use_bias=False)])
+    conv = keras.Sequential(
+        [keras.Input(photos.shape[1:]), keras.layers.Conv2D(kernel.shape[-1], 3, 2, "same", use_bias=False)]
+    )
     conv.layers[0].set_weights([kernel])
     for label, normalised in (
         ("(x-127)/128", (photos - 127.0) / 128.0),
@@ -128,7 +136,7 @@ def normalisation_evidence(model, photos: np.ndarray) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--torch-python", help="python of a venv with torch and efficientnet-lite-pytorch")
-    parser.add_argument("--variants", nargs="+", default=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+    parser.add_argument("--variants", nargs="+", default=None, help="default: all EfficientNet-Lite variants")
     parser.add_argument("--reference", nargs=3, metavar=("VARIANT", "WEIGHTS", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference:
@@ -139,7 +147,9 @@ def main() -> None:
     if not args.torch_python:
         parser.error("--torch-python is required")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    for variant in args.variants:
+    from lungviz.backbones.efficientnet_lite import VARIANTS
+
+    for variant in args.variants or VARIANTS:
         compare(variant, args.torch_python)
 
 

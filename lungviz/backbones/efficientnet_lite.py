@@ -216,7 +216,8 @@ def imagenet_weights_path(variant: str) -> Path:
     try:
         found = sorted(Path(str(importlib.resources.files(package) / "models")).glob("*.pth"))
     except ModuleNotFoundError:
-        raise FileNotFoundError(f"ImageNet weights for {variant} need the package {package.replace('_', '-')}") from None
+        pip_name = package.replace("_", "-")
+        raise FileNotFoundError(f"ImageNet weights for {variant} need the package {pip_name}") from None
     if len(found) != 1:
         raise FileNotFoundError(f"expected one .pth file in {package}/models, found {len(found)}")
     return found[0]

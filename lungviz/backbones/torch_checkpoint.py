@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import collections
 import io
+import math
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,38 +47,49 @@ class CheckpointError(ValueError):
     """The file is not a PyTorch state dict this reader can load safely."""
 
 
-@dataclass(frozen=True)
-class _StorageType:
-    """Stand-in for a `torch.*Storage` class: only its element dtype matters."""
+# Objects handed to the pickle are immutable tuples: the BUILD opcode can set
+# attributes on ordinary instances, so nothing the file can reach holds state.
+class _StorageType(NamedTuple):
+    """Stand-in for a `torch.*Storage` class, identified by name."""
 
     name: str
-    dtype: np.dtype
+
+
+class _StorageRef(NamedTuple):
+    """What a tensor's persistent id resolves to: the key of a storage."""
+
+    key: str
+
+
+class _TensorRef(NamedTuple):
+    """What `torch._utils._rebuild_tensor_v2` would build: a strided view of a storage."""
+
+    key: str
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
 
 
 @dataclass
 class _Storage:
     """A storage announced by the pickle; its bytes come later in the file."""
 
-    key: str
     dtype: np.dtype
     numel: int
     data: np.ndarray | None = None
 
 
-@dataclass(frozen=True)
-class _TensorRef:
-    """What `torch._utils._rebuild_tensor_v2` would build: a strided view of a storage."""
-
-    storage: _Storage
-    offset: int
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
+def _ints(values, what: str) -> tuple[int, ...]:
+    if not (isinstance(values, tuple) and all(type(v) is int and v >= 0 for v in values)):
+        raise CheckpointError(f"tensor {what} must be a tuple of non-negative integers, got {values!r}")
+    return values
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored) -> _TensorRef:
-    if not isinstance(storage, _Storage):
+    if not isinstance(storage, _StorageRef):
         raise CheckpointError("a tensor in the checkpoint does not point at a storage")
-    return _TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    (offset,) = _ints((storage_offset,), "offset")
+    return _TensorRef(storage.key, offset, _ints(size, "size"), _ints(stride, "stride"))
 
 
 def _rebuild_parameter(data, *_ignored) -> _TensorRef:
@@ -100,7 +114,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if module == "torch" and name in STORAGE_DTYPES:
-            return _StorageType(name, STORAGE_DTYPES[name])
+            return _StorageType(name)
         try:
             return _ALLOWED_CALLABLES[(module, name)]
         except KeyError:
@@ -118,10 +132,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointError("storage views (pre-0.4 checkpoints) are not supported")
         if not isinstance(storage_type, _StorageType):
             raise CheckpointError(f"storage {key!r} has an unknown element type")
-        key = str(key)
+        if not (isinstance(key, str) and type(numel) is int and numel >= 0):
+            raise CheckpointError(f"malformed storage reference {pid!r}")
         if key not in self._storages:
-            self._storages[key] = _Storage(key, storage_type.dtype, int(numel))
-        return self._storages[key]
+            self._storages[key] = _Storage(STORAGE_DTYPES[storage_type.name], numel)
+        return _StorageRef(key)
 
 
 def _unpickle(file: io.BufferedIOBase, storages: dict[str, _Storage], name: str):
@@ -134,34 +149,33 @@ def _unpickle(file: io.BufferedIOBase, storages: dict[str, _Storage], name: str)
         raise CheckpointError(f"{name} is corrupt or unsupported: {exc}") from exc
 
 
-def _read_storage_bytes(file: io.BufferedIOBase, storage: _Storage) -> None:
+def _read_storage_bytes(file: io.BufferedIOBase, key: str, storage: _Storage, file_size: int) -> None:
     header = file.read(8)
     if len(header) != 8:
-        raise CheckpointError(f"checkpoint ends before the data of storage {storage.key!r}")
+        raise CheckpointError(f"checkpoint ends before the data of storage {key!r}")
     count = int(np.frombuffer(header, dtype="<i8")[0])
     if count != storage.numel:
-        raise CheckpointError(f"storage {storage.key!r} holds {count} elements, the pickle said {storage.numel}")
+        raise CheckpointError(f"storage {key!r} holds {count} elements, the pickle said {storage.numel}")
     nbytes = count * storage.dtype.itemsize
-    raw = file.read(nbytes)
-    if len(raw) != nbytes:
-        raise CheckpointError(f"checkpoint ends inside the data of storage {storage.key!r}")
-    storage.data = np.frombuffer(raw, dtype=storage.dtype)
+    if nbytes > file_size - file.tell():  # checked before reading, so a forged count cannot exhaust memory
+        raise CheckpointError(f"checkpoint ends inside the data of storage {key!r}")
+    storage.data = np.frombuffer(file.read(nbytes), dtype=storage.dtype)
 
 
-def _to_array(ref: _TensorRef) -> np.ndarray:
-    """Copy the strided view out of its storage, after checking it stays inside it."""
-    data = ref.storage.data
-    if data is None:
-        raise CheckpointError(f"storage {ref.storage.key!r} has no data in the file")
-    if len(ref.size) != len(ref.stride) or any(s < 0 for s in ref.size + ref.stride) or ref.offset < 0:
-        raise CheckpointError(f"tensor on storage {ref.storage.key!r} has an invalid shape or stride")
-    if 0 not in ref.size:
-        last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
-        if last >= data.size:
-            raise CheckpointError(f"tensor reads past the end of storage {ref.storage.key!r}")
-    base = data[ref.offset :] if ref.offset < data.size else data[:0]
+def _to_array(name: str, ref: _TensorRef, storages: dict[str, _Storage]) -> np.ndarray:
+    """Copy the tensor's strided view out of its storage, after checking it stays inside it."""
+    data = storages[ref.key].data
+    if len(ref.size) != len(ref.stride):
+        raise CheckpointError(f"tensor {name!r} has {len(ref.size)} dimensions but {len(ref.stride)} strides")
+    count = math.prod(ref.size)
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+    if count and (last >= data.size or count > data.size):
+        raise CheckpointError(f"tensor {name!r} reads past the end of storage {ref.key!r}")
     view = np.lib.stride_tricks.as_strided(
-        base, shape=ref.size, strides=tuple(s * data.itemsize for s in ref.stride), writeable=False
+        data[min(ref.offset, data.size) :],
+        shape=ref.size,
+        strides=tuple(s * data.itemsize for s in ref.stride),
+        writeable=False,
     )
     return np.array(view, copy=True)
 
@@ -186,13 +200,13 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{path.name} was not written on a little-endian machine")
         state = _unpickle(file, storages, path.name)
         keys = _unpickle(file, storages, path.name)
-        if not isinstance(keys, list) or set(map(str, keys)) != set(storages):
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys) and sorted(keys) == sorted(storages)):
             raise CheckpointError(f"{path.name}: storage list does not match the tensors")
+        file_size = os.fstat(file.fileno()).st_size
         for key in keys:
-            _read_storage_bytes(file, storages[str(key)])
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, _TensorRef) for k, v in state.items()
+            _read_storage_bytes(file, key, storages[key], file_size)
+    if not isinstance(state, dict) or any(
+        not (isinstance(k, str) and isinstance(v, _TensorRef)) for k, v in state.items()
     ):
         raise CheckpointError(f"{path.name} is not a state dict of tensors")
-    return {name: _to_array(ref) for name, ref in state.items()}
-
+    return {name: _to_array(name, ref, storages) for name, ref in state.items()}

@@ -71,7 +71,7 @@ class _Tensor:
         return sys.modules["torch._utils"]._rebuild_tensor_v2, (*self.args, False, collections.OrderedDict())
 
 
-def write_legacy(path: Path, state: dict[str, _Tensor], storages: list[_Storage], numel_in_pickle=None) -> Path:
+def write_legacy(path: Path, state: dict[str, _Tensor], storages: list[_Storage], declared_numel=None) -> Path:
     """A file laid out like torch.save(..., _use_new_zipfile_serialization=False) writes it."""
     torch = sys.modules["torch"]
 
@@ -79,8 +79,7 @@ def write_legacy(path: Path, state: dict[str, _Tensor], storages: list[_Storage]
         def persistent_id(self, obj):
             if isinstance(obj, _Storage):
                 storage_type = getattr(torch, TORCH_STORAGE_NAMES[obj.data.dtype])
-                numel = obj.data.size if numel_in_pickle is None else numel_in_pickle
-                return ("storage", storage_type, obj.key, "cpu", numel, None)
+                return ("storage", storage_type, obj.key, "cpu", declared_numel or obj.data.size, None)
             return None
 
     with path.open("wb") as f:
@@ -89,7 +88,7 @@ def write_legacy(path: Path, state: dict[str, _Tensor], storages: list[_Storage]
         Pickler(f, protocol=2).dump(collections.OrderedDict(state))
         pickle.dump([s.key for s in storages], f, protocol=2)
         for storage in storages:
-            f.write(np.int64(storage.data.size).tobytes())
+            f.write(np.int64(declared_numel or storage.data.size).tobytes())
             f.write(storage.data.astype(storage.data.dtype.newbyteorder("<")).tobytes())
     return path
 
@@ -132,17 +131,27 @@ def test_storage_types_map_to_numpy_dtypes(fake_torch, tmp_path, dtype):
     np.testing.assert_array_equal(state["t"], data.reshape(2, 5))
 
 
-def test_view_past_the_end_of_its_storage_is_refused(fake_torch, tmp_path):
+@pytest.mark.parametrize(
+    ("offset", "size", "stride", "message"),
+    [
+        (4, (2, 3), (3, 1), "past the end"),
+        (0, (10**6, 10**6), (0, 0), "past the end"),  # stride-0 view that would allocate a terabyte
+        (0, (2, 3), (3,), "strides"),
+        (-1, (2,), (1,), "offset"),
+        (0, (2.5,), (1,), "size"),
+    ],
+)
+def test_malformed_views_are_refused(fake_torch, tmp_path, offset, size, stride, message):
     storage = _Storage("s", np.zeros(6, np.float32))
-    path = write_legacy(tmp_path / "t.pth", {"t": _Tensor(storage, 4, (2, 3), (3, 1))}, [storage])
-    with pytest.raises(CheckpointError, match="past the end"):
+    path = write_legacy(tmp_path / "t.pth", {"t": _Tensor(storage, offset, size, stride)}, [storage])
+    with pytest.raises(CheckpointError, match=message):
         load_state_dict(path)
 
 
-def test_storage_size_disagreeing_with_pickle_is_refused(fake_torch, tmp_path):
+def test_forged_storage_size_is_refused_before_reading(fake_torch, tmp_path):
     storage = _Storage("s", np.zeros(6, np.float32))
-    path = write_legacy(tmp_path / "t.pth", {"t": _Tensor(storage, 0, (6,), (1,))}, [storage], numel_in_pickle=600)
-    with pytest.raises(CheckpointError, match="600"):
+    path = write_legacy(tmp_path / "t.pth", {"t": _Tensor(storage, 0, (6,), (1,))}, [storage], declared_numel=10**15)
+    with pytest.raises(CheckpointError, match="ends inside"):
         load_state_dict(path)
 
 
