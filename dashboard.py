@@ -1,0 +1,324 @@
+"""LungViz dashboard: upload chest images and compare what several models decide and where they look.
+
+Run with `streamlit run dashboard.py`. This page only lays out widgets and calls
+`lungviz`. Two caches keep it responsive during a demo:
+
+* the `AnalysisSession` (model cards, loaded models, the modality gate) lives in
+  Streamlit's resource cache, so each model is loaded once per process;
+* decoded images and analyses live in the user's session, keyed by everything
+  that changes a model's answer (file name and digest, frame, window, task, models,
+  method, class to explain). Opacity, colormap and outline are not in the key:
+  moving them only redraws overlays from the cached heatmaps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from lungviz.cards import ModelCardError
+from lungviz.explanations import DEFAULT_METHOD, METHODS, ExplanationError
+from lungviz.export import png_bytes, to_csv, to_json_lines
+from lungviz.figures import comparison_chart, probability_chart
+from lungviz.images import (CT_WINDOWS, DEFAULT_CT_WINDOW, UPLOAD_EXTENSIONS, ChestImage, ImageInputError, Window,
+                            load_image)
+from lungviz.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, OUTLINE_STYLES, draw_outline, overlay_heatmap
+from lungviz.prediction import PREDICTED, ModelResult
+from lungviz.registry import ModelLoadError, weights_dir
+from lungviz.session import AUTO, Analysis, AnalysisSession
+
+CUSTOM_WINDOW = "custom"
+ENTRIES_PER_FILE = 4
+"""Decoded frames and analyses kept per uploaded file and user (least recently used dropped first)."""
+
+DISCLAIMER = ("**Research tool, not a medical device.** LungViz is not cleared for clinical use: its models "
+              "learnt from small public data sets and its heatmaps show where a model's evidence lies, "
+              "not where disease is.")
+
+st.set_page_config(page_title="LungViz", page_icon=":material/pulmonology:", layout="wide")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file; `key` (from its name and content) names its widgets and cache entries."""
+
+    name: str
+    data: bytes
+    key: str
+
+    @classmethod
+    def of(cls, name: str, data: bytes) -> Upload:
+        return cls(name, data, hashlib.sha256(name.encode() + b"\0" + data).hexdigest()[:16])
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The sidebar's choices: the first four decide what runs, the rest only how it is drawn."""
+
+    task: str
+    models: tuple[str, ...]
+    method: str
+    target: str
+    opacity: float
+    colormap: str
+    outline: str | None
+
+
+@st.cache_resource(show_spinner="Reading the model cards...")
+def analysis_session(weights: str) -> AnalysisSession:
+    """One session per weights folder and process: models load on first use and stay loaded."""
+    return AnalysisSession(Path(weights))
+
+
+def remembered(upload: Upload, store: str, key: Hashable, compute: Callable[[], Any]) -> Any:
+    """`compute()` once per key for this file in this user's session (see ENTRIES_PER_FILE)."""
+    cache: dict = st.session_state.setdefault("cache", {}).setdefault(upload.key, {}).setdefault(store, {})
+    if key in cache:
+        cache[key] = cache.pop(key)  # most recently used goes last
+    else:
+        cache[key] = compute()
+        while len(cache) > ENTRIES_PER_FILE:
+            cache.pop(next(iter(cache)))
+    return cache[key]
+
+
+def forget_removed_files(uploads: Sequence[Upload]) -> None:
+    """Drop what was cached for files the user took out of the uploader."""
+    cache: dict = st.session_state.setdefault("cache", {})
+    for key in set(cache) - {upload.key for upload in uploads}:
+        del cache[key]
+
+
+def uploaded_files() -> list[Upload]:
+    files = st.file_uploader(
+        "Chest X-rays or CT slices", type=UPLOAD_EXTENSIONS, accept_multiple_files=True,
+        help="PNG, JPEG, TIFF, BMP or DICOM. DICOM is recognised by its content, so a DICOM file without "
+             "an extension works once renamed to .dcm.")
+    uploads = (Upload.of(file.name, file.getvalue()) for file in files or [])
+    return list({upload.key: upload for upload in uploads}.values())  # the same file dropped twice shows once
+
+
+def _name_with_tasks(names_by_task: dict[str, list[str]]) -> Callable[[str], str]:
+    def label(name: str) -> str:
+        tasks = [task for task, names in names_by_task.items() if name in names]
+        return f"{name} ({', '.join(tasks)})" if len(names_by_task) > 1 else name
+    return label
+
+
+def sidebar(session: AnalysisSession) -> Controls:
+    with st.sidebar:
+        st.header("Analysis")
+        task = st.selectbox("Task", [AUTO, *session.tasks],
+                            format_func=lambda t: "Auto (from the image)" if t == AUTO else t,
+                            help="Auto reads the DICOM header, else asks the modality gate.")
+        tasks = session.tasks if task == AUTO else [task]
+        names_by_task = {t: [card.name for card in session.cards[t]] for t in tasks}
+        names = list(dict.fromkeys(name for task_names in names_by_task.values() for name in task_names))
+        models = st.multiselect("Models", names, default=names, format_func=_name_with_tasks(names_by_task))
+        method = st.selectbox("Explanation method", list(METHODS), index=list(METHODS).index(DEFAULT_METHOD),
+                              format_func=lambda m: METHODS[m].label)
+        classes = list(dict.fromkeys(c for t in tasks for card in session.cards[t] for c in card.classes))
+        target = st.selectbox("Class to explain", [PREDICTED, *classes],
+                              format_func=lambda c: "Predicted class" if c == PREDICTED else c,
+                              help="A class of another task falls back to the predicted class.")
+        st.header("Display")
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, DEFAULT_OPACITY, 0.05)
+        colormap = st.selectbox("Colormap", list(COLORMAPS), index=list(COLORMAPS).index(DEFAULT_COLORMAP))
+        outline = st.radio("Outline of the hottest region", OUTLINE_STYLES, horizontal=True,
+                           format_func=lambda style: (style or "none").capitalize())
+        st.caption(f"Models from `{session.root}`. See the Model cards page for how each was trained and tested.")
+    return Controls(task, tuple(models), method, target, opacity, colormap, outline)
+
+
+def window_control(upload: Upload, image: ChestImage) -> Window:
+    """Preset or custom CT window for this file."""
+    presets = [*CT_WINDOWS, CUSTOM_WINDOW]
+    preset = st.selectbox("CT window", presets, index=presets.index(DEFAULT_CT_WINDOW),
+                          format_func=lambda p: CT_WINDOWS[p].describe() if p in CT_WINDOWS else "Custom",
+                          key=f"window-{upload.key}")
+    if preset != CUSTOM_WINDOW:
+        return CT_WINDOWS[preset]
+    start = CT_WINDOWS[DEFAULT_CT_WINDOW]
+    center_column, width_column = st.columns(2)
+    center = center_column.number_input("Center (HU)", value=float(start.center), step=10.0,
+                                        key=f"center-{upload.key}")
+    width = width_column.number_input("Width (HU)", min_value=1.0, value=float(start.width), step=10.0,
+                                      key=f"width-{upload.key}")
+    return Window(center, width)
+
+
+def prepared_image(upload: Upload) -> ChestImage:
+    """The file decoded (once per frame), with the frame and CT window the user picked."""
+    image = remembered(upload, "images", 0, lambda: load_image(upload.data, upload.name))
+    if image.frame_count > 1:
+        frame = st.slider("Frame", 0, image.frame_count - 1, 0, key=f"frame-{upload.key}")
+        image = remembered(upload, "images", frame, lambda: load_image(upload.data, upload.name, frame=frame))
+    if image.hounsfield is not None:
+        window = window_control(upload, image)
+        if window != image.window:
+            image = image.with_window(window)
+    return image
+
+
+def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, controls: Controls) -> Analysis:
+    """Run (or recall) the models on one prepared image, with visible progress when they run."""
+    key = (image.frame, image.window, controls.task, controls.models, controls.method, controls.target)
+
+    def run() -> Analysis:
+        with st.status(f"Analysing {upload.name}...", expanded=True) as status:
+            bar = st.progress(0.0, text="Checking what kind of image this is")
+
+            def progress(message: str, step: int, total: int) -> None:
+                bar.progress(step / max(total, 1), text=message)
+
+            analysis = session.analyse_image(image, file=upload.name, task=controls.task,
+                                             models=list(controls.models), method=controls.method,
+                                             target=controls.target, progress=progress)
+            seconds = sum(result.seconds for result in analysis.results)
+            status.update(label=f"{upload.name}: {len(analysis.results)} model(s) in {seconds:.1f} s",
+                          state="complete", expanded=False)
+        return analysis
+
+    return remembered(upload, "analyses", key, run)
+
+
+def overlay(image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
+    if result.heatmap is None:
+        return overlay_heatmap(image.pixels, np.zeros_like(image.pixels), opacity=0.0, colormap=controls.colormap)
+    rgb = overlay_heatmap(image.pixels, result.heatmap, opacity=controls.opacity, colormap=controls.colormap)
+    return draw_outline(rgb, result.heatmap, style=controls.outline)
+
+
+def show_image_facts(image: ChestImage, analysis: Analysis) -> None:
+    st.markdown(f"**Modality:** {analysis.modality.describe()}  \n"
+                f"**Task:** {analysis.task or 'none (not classified)'}")
+    if analysis.warning:
+        st.warning(analysis.warning, icon=":material/warning:")
+    st.table([{"field": key, "value": value} for key, value in image.metadata.items()])
+
+
+def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
+    """One model's column; returns its overlay (RGB) for the downloads."""
+    st.subheader(result.name)
+    st.caption(result.architecture)
+    rgb = overlay(image, result, controls)
+    label = METHODS[result.method].label if result.method in METHODS else "No heatmap"
+    st.image(rgb, caption=f"{label} for {result.explained_class}" if result.heatmap is not None else label,
+             width="stretch")
+    positive = result.positive_class
+    st.metric("Prediction", result.predicted,
+              help=f"{positive} when calibrated P({positive}) >= {result.threshold:.3f}")
+    st.plotly_chart(probability_chart(result), key=f"probabilities-{upload.key}-{result.name}")
+    st.caption(f"P({positive}) = {result.positive_probability:.1%}, threshold {result.threshold:.1%}, "
+               f"{result.seconds:.2f} s")
+    st.download_button("Overlay PNG", lambda: png_bytes(rgb), file_name=f"{upload.stem}__{result.name}.png",
+                       mime="image/png", on_click="ignore", key=f"png-{upload.key}-{result.name}",
+                       icon=":material/download:")
+    return rgb
+
+
+def show_file(session: AnalysisSession, upload: Upload,
+              controls: Controls) -> tuple[Analysis, dict[str, np.ndarray]]:
+    """Everything about one file; a bad file shows its own error and leaves the others alone."""
+    st.header(upload.name, divider="gray")
+    try:
+        image_column, facts_column = st.columns([1, 2])
+        with facts_column:
+            image = prepared_image(upload)
+        image_column.image(image.pixels, caption=f"As analysed ({image.pixels.shape[1]} x {image.pixels.shape[0]})",
+                           width="stretch", clamp=True)
+        analysis = analyse(session, upload, image, controls)
+    except ImageInputError as error:
+        st.error(str(error), icon=":material/error:")
+        return Analysis(file=upload.name, error=str(error)), {}
+    except (ModelLoadError, ExplanationError) as error:
+        st.error(f"{upload.name}: could not be analysed: {error}", icon=":material/error:")
+        return Analysis(file=upload.name, error=str(error)), {}
+    with facts_column:
+        show_image_facts(image, analysis)
+    if analysis.task is None:
+        st.info("Not classified. Pick a task in the sidebar to run the models anyway.")
+        return analysis, {}
+    if not analysis.results:
+        st.info(f"No {analysis.task} model is selected in the sidebar.")
+        return analysis, {}
+    overlays = {}
+    for column, result in zip(st.columns(len(analysis.results)), analysis.results):
+        with column:
+            overlays[f"{upload.stem}__{result.name}.png"] = show_model(upload, image, result, controls)
+    st.markdown(f"**All models on {upload.name}**")
+    st.plotly_chart(comparison_chart(analysis.results), key=f"comparison-{upload.key}")
+    return analysis, overlays
+
+
+def zipped_pngs(images: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:  # PNG is compressed already
+        for name, rgb in images.items():
+            archive.writestr(name, png_bytes(rgb))
+    return buffer.getvalue()
+
+
+def show_downloads(analyses: list[Analysis], overlays: dict[str, np.ndarray]) -> None:
+    """Results of every file (rejected ones keep their error row) and the overlays as drawn now."""
+    st.header("Downloads", divider="gray")
+    records = [analysis.record() for analysis in analyses]
+    csv_column, json_column, zip_column = st.columns(3)
+    csv_column.download_button("Results (CSV)", to_csv(records), file_name="lungviz_results.csv",
+                               mime="text/csv", on_click="ignore", icon=":material/table:")
+    json_column.download_button("Results (JSON Lines)", to_json_lines(records), file_name="lungviz_results.jsonl",
+                                mime="application/jsonl", on_click="ignore", icon=":material/data_object:")
+    zip_column.download_button("All overlays (ZIP)", lambda: zipped_pngs(overlays), file_name="lungviz_overlays.zip",
+                               mime="application/zip", on_click="ignore", disabled=not overlays,
+                               icon=":material/folder_zip:")
+
+
+def no_models_message(root: Path) -> str:
+    return (f"**No models found in `{root}`.** LungViz looks for `weights/<task>/<name>.keras` files, each with "
+            f"its model card `<name>.json` beside it, for the tasks `xray-pneumonia` and `ct-covid`.\n\n"
+            f"- A fresh clone ships them in `weights/`; if that folder is empty, restore it from the repository "
+            f"(`git checkout -- weights`; large files may need `git lfs pull`).\n"
+            f"- Or train your own with LungViz's training command (see README, \"Training\") and copy the "
+            f"resulting `.keras` and `.json` files into `weights/<task>/`.\n"
+            f"- Or point the `LUNGVIZ_WEIGHTS` environment variable at a folder laid out the same way.")
+
+
+def main() -> None:
+    st.title("LungViz")
+    st.caption("Explainable chest X-ray and CT classification: several models side by side, with their heatmaps.")
+    st.warning(DISCLAIMER, icon=":material/info:")
+    try:
+        session = analysis_session(str(weights_dir()))
+    except ModelCardError as error:
+        st.error(f"A model card is broken, so the models cannot be listed: {error}")
+        return
+    if not session.tasks:
+        st.info(no_models_message(session.root))
+        return
+    controls = sidebar(session)
+    uploads = uploaded_files()
+    forget_removed_files(uploads)
+    if not uploads:
+        st.info("Drop one or several chest X-rays or CT slices above to see each model's decision and heatmap.")
+        return
+    analyses, overlays = [], {}
+    for upload in uploads:
+        analysis, drawn = show_file(session, upload, controls)
+        analyses.append(analysis)
+        overlays.update(drawn)
+    show_downloads(analyses, overlays)
+
+
+main()

@@ -1,0 +1,210 @@
+"""The Streamlit dashboard and its model-cards page, driven in-process by Streamlit's AppTest.
+
+AppTest runs the real scripts against the small real Keras models of the
+`weights_root` fixture, with files uploaded through the real file uploader
+(`FileUploader.set_value`), so these tests see what a user would see.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lungviz.prediction import Classifier
+from lungviz.registry import WEIGHTS_ENV, discover
+from tests.upload_files import PATIENT_ID, PATIENT_NAME, chest_png, ct_dicom
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard.py"
+TIMEOUT = 120  # the first analysis of a session loads the models and traces Grad-CAM
+
+
+@pytest.fixture
+def app(weights_root, monkeypatch) -> AppTest:
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights_root))
+    return AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run()
+
+
+@pytest.fixture
+def model_runs(monkeypatch) -> list[str]:
+    """Names of the models run so far: Classifier.run wrapped in-process, where AppTest runs the script."""
+    runs: list[str] = []
+    original = Classifier.run
+
+    def counted(self, *args, **kwargs):
+        runs.append(self.card.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "run", counted)
+    return runs
+
+
+def upload(app: AppTest, *files: tuple[str, bytes]) -> AppTest:
+    app.file_uploader[0].set_value([(name, data, "application/octet-stream") for name, data in files])
+    return app.run()
+
+
+def texts(app: AppTest) -> str:
+    """Everything written on the page, to search for words that must (not) appear."""
+    parts = [e.value for kind in ("title", "header", "subheader", "markdown", "caption", "warning", "info", "error",
+                                  "metric") for e in app.get(kind)]
+    parts += [table.value.to_string() for table in app.table]
+    return "\n".join(str(part) for part in parts)
+
+
+def model_columns(app: AppTest) -> dict[str, str]:
+    """Model name -> its predicted label, read from each model's column."""
+    found = {}
+    for column in app.columns:
+        names, metrics = column.get("subheader"), column.get("metric")
+        if len(names) == 1 and len(metrics) == 1:
+            found[names[0].value] = metrics[0].value
+    return found
+
+
+def overlay_images(app: AppTest) -> list[str]:
+    return [url for element in app.image for url in element.value]
+
+
+def test_start_page_shows_the_disclaimer_and_a_multi_file_uploader(app):
+    assert not app.exception
+    assert any("not a medical device" in warning.value for warning in app.warning)
+    uploader = app.file_uploader[0]
+    assert uploader.accept_multiple_files
+    assert {".png", ".jpg", ".dcm", ".tiff"} <= set(uploader.allowed_type)
+    assert [slider.label for slider in app.sidebar.slider] == ["Heatmap opacity"]
+
+
+def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_only_stops_itself(
+        app, weights_root, model_runs):
+    upload(app, ("chest.png", chest_png()), ("broken.png", b"\x89PNG\r\n\x1a\n not really"), ("slice.dcm", ct_dicom()))
+
+    assert not app.exception
+    assert len(app.error) == 1 and "broken.png" in app.error[0].value
+    cards = discover(weights_root)
+    columns = model_columns(app)
+    # Both good files render all their task's models; both tasks use the same model names here.
+    assert sorted(model_runs) == sorted([c.name for c in cards["xray-pneumonia"]] + [c.name for c in cards["ct-covid"]])
+    assert set(columns) == {c.name for c in cards["xray-pneumonia"]}
+    headers = [header.value for header in app.header]
+    assert headers[:3] == ["chest.png", "broken.png", "slice.dcm"]
+    labels = [metric.value for metric in app.metric]
+    assert len(labels) == 4
+    assert set(labels[:2]) <= {"NORMAL", "PNEUMONIA"} and set(labels[2:]) <= {"non-COVID", "COVID"}
+    # One probability chart per model plus one comparison per file, all plotly.
+    assert len(app.get("plotly_chart")) == 4 + 2
+    # Source image plus one overlay per model, for each good file.
+    assert len(overlay_images(app)) == 2 * (1 + 2)
+    assert "modality unknown" in texts(app)  # no gate in the fixture: the PNG's routing is explained
+
+
+def test_dicom_shows_technical_metadata_never_patient_fields_and_rewindows_without_rereading(app, model_runs):
+    upload(app, ("slice.dcm", ct_dicom()))
+    page = texts(app)
+    assert "CHEST" in page and "0.7" in page and "lung (center -600, width 1500)" in page
+    assert PATIENT_NAME not in page and "Doe" not in page and PATIENT_ID not in page and "Hospital" not in page
+    assert "a chest CT slice, from the dicom" in page and "ct-covid" in page
+
+    window = next(select for select in app.main.selectbox if select.label == "CT window")
+    assert window.value == "lung" and len(window.options) == 4  # three presets and custom
+    before, runs = overlay_images(app), len(model_runs)
+    window.select("bone").run()
+    assert not app.exception
+    assert len(model_runs) == runs + 2  # a new window is a new model input
+    assert overlay_images(app)[0] != before[0]
+    assert "bone (center 400, width 1800)" in texts(app)
+
+
+def test_multi_frame_dicom_offers_a_frame_selector(app, model_runs):
+    upload(app, ("series.dcm", ct_dicom(frames=3)))
+    frame = next(slider for slider in app.main.slider if slider.label == "Frame")
+    assert (frame.min, frame.max, frame.value) == (0, 2, 0)
+    runs = len(model_runs)
+    frame.set_value(2).run()
+    assert not app.exception and len(model_runs) == runs + 2
+    assert app.slider(key=frame.key).value == 2
+
+
+@pytest.mark.parametrize("control, change", [
+    ("opacity", lambda app: app.slider[0].set_value(0.9)),
+    ("colormap", lambda app: _sidebar_select(app, "Colormap").select("jet")),
+    ("outline", lambda app: app.radio[0].set_value("box")),
+])
+def test_display_controls_redraw_overlays_without_rerunning_models(app, model_runs, control, change):
+    upload(app, ("chest.png", chest_png()))
+    assert len(model_runs) == 2
+    before = overlay_images(app)
+    change(app).run()
+    assert not app.exception
+    assert len(model_runs) == 2, f"changing the {control} re-ran the models"
+    after = overlay_images(app)
+    assert after[0] == before[0] and after[1:] != before[1:], "the overlays were not redrawn"
+    assert model_columns(app).keys() == {"flat-softmax", "nested-sigmoid"}
+
+
+def _sidebar_select(app: AppTest, label: str):
+    return next(select for select in app.sidebar.selectbox if select.label == label)
+
+
+def test_analysis_controls_do_rerun_and_deselected_models_disappear(app, model_runs):
+    upload(app, ("chest.png", chest_png()))
+    _sidebar_select(app, "Explanation method").select("gradcam++").run()
+    assert not app.exception and len(model_runs) == 4
+    app.multiselect[0].unselect("nested-sigmoid").run()
+    assert not app.exception
+    assert list(model_columns(app)) == ["flat-softmax"] and len(model_runs) == 5
+    _sidebar_select(app, "Class to explain").select("PNEUMONIA").run()
+    assert "Grad-CAM++ for PNEUMONIA" in [caption for image in app.image for caption in image.captions]
+
+
+def test_an_image_the_gate_calls_other_is_not_classified_until_a_task_is_chosen(app, model_runs):
+    upload(app, ("knee.dcm", ct_dicom(modality="MR")))
+    assert not app.exception and model_runs == []
+    assert any("does not look like a chest X-ray or chest CT" in warning.value for warning in app.warning)
+    assert any("Pick a task" in info.value for info in app.info)
+    _sidebar_select(app, "Task").select("ct-covid").run()
+    assert not app.exception and len(model_runs) == 2
+    assert len(model_columns(app)) == 2
+
+
+def test_downloads_hold_every_file_including_rejected_ones(app):
+    upload(app, ("chest.png", chest_png()), ("notes.png", b"just some text, not an image"))
+    labels = [button.label for button in app.get("download_button")]
+    assert labels.count("Overlay PNG") == 2
+    assert {"Results (CSV)", "Results (JSON Lines)", "All overlays (ZIP)"} <= set(labels)
+
+
+def test_missing_models_give_instructions_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    app = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run()
+    assert not app.exception
+    message = " ".join(info.value for info in app.info)
+    assert "No models found" in message and str(tmp_path) in message and "LUNGVIZ_WEIGHTS" in message
+    assert not app.file_uploader
+
+
+def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_path, monkeypatch):
+    weights = shutil.copytree(weights_root, tmp_path / "weights")
+    card_path = weights / "ct-covid" / "flat-softmax.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"] = {"test": {"n": 200, "roc_auc": {"value": 0.9123, "ci95": [0.871, 0.948]}}}
+    card["training"] = {"data": "sars_cov2_ct", "split": {"train": 1600, "validation": 400}}
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights))
+
+    app = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run()
+    app.switch_page("pages/1_Model_cards.py").run()
+
+    assert not app.exception
+    assert [h.value for h in app.header] == ["xray-pneumonia", "ct-covid"]
+    assert [s.value for s in app.subheader] == ["flat-softmax", "nested-sigmoid"] * 2
+    page = texts(app)
+    assert "temperature 1.500" in page and "0.400" in page and "untrained test model" in page
+    metrics = app.dataframe[0].value
+    assert list(metrics["metric"]) == ["roc_auc"] and metrics["value"][0] == pytest.approx(0.9123)
+    assert "0.871 to 0.948" in metrics.to_string()
+    assert "sars_cov2_ct" in page
+    assert len(app.info) == 3  # the three cards without metrics say so
