@@ -296,7 +296,7 @@ def _load_picture(data: bytes, name: str, frame: int) -> ChestImage:
     mode = upright.mode
     metadata = {"Format": str(picture.format), "Mode": mode, "Columns": str(upright.width),
                 "Rows": str(upright.height), "Frames": str(frame_count)}
-    if orientation != 1:
+    if orientation in range(2, 9):
         metadata["Orientation"] = f"EXIF orientation {orientation} applied"
     window = None
     if mode.startswith("I") or mode == "F":
@@ -320,21 +320,34 @@ def _load_picture(data: bytes, name: str, frame: int) -> ChestImage:
 
 
 def _load_dicom(data: bytes, name: str, frame: int, window: Window | None) -> ChestImage:
+    """Parse, check and convert; any parser failure becomes one message.
+
+    pydicom raises many exception types on malformed headers, and their text can
+    quote header values (patient data), so neither the type nor the text is shown.
+    """
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-        has_pixels = any(keyword in dataset for keyword in PIXEL_DATA_KEYWORDS)
-        columns, rows = int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0))
-        frame_count = int(dataset.get("NumberOfFrames") or 1)
-        photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-        modality = str(dataset.get("Modality", "")).upper()
-    except Exception:  # noqa: BLE001 - untrusted input; pydicom's text may quote header values (PHI)
+        return _dicom_image(pydicom.dcmread(io.BytesIO(data)), name, frame, window)
+    except ImageInputError:
+        raise
+    except Exception:  # noqa: BLE001 - untrusted input, see docstring
         raise ImageInputError(name, "DICOM file is truncated or corrupt (its header cannot be read)") from None
-    if not has_pixels:
+
+
+def _dicom_image(dataset: Dataset, name: str, frame: int, window: Window | None) -> ChestImage:
+    columns, rows = int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0))
+    frame_count = int(dataset.get("NumberOfFrames") or 1)
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    modality = str(dataset.get("Modality", "")).upper()
+    if not any(keyword in dataset for keyword in PIXEL_DATA_KEYWORDS):
+        if "SOPClassUID" not in dataset:
+            raise ImageInputError(name, "DICOM file is truncated or corrupt (its header has neither an image "
+                                        "nor a SOP class)")
         if rows and columns:
             raise ImageInputError(name, f"DICOM file is truncated: its header describes a {columns}x{rows} "
                                         f"image but the pixel data is missing")
-        raise ImageInputError(name, f"DICOM file has no image ({_sop_class(dataset)}); LungViz needs an "
-                                    f"image such as a radiograph or a CT slice")
+        # The SOP class is a standard UID naming the kind of object, not the patient or study.
+        raise ImageInputError(name, f"DICOM file has no image (SOP class {dataset.SOPClassUID.name}); "
+                                    f"LungViz needs an image such as a radiograph or a CT slice")
     _check_frame(name, frame, frame_count)
     _check_size(name, columns, rows)
     if photometric == "PALETTE COLOR":
@@ -378,12 +391,6 @@ def _load_dicom(data: bytes, name: str, frame: int, window: Window | None) -> Ch
 
 def _transfer_syntax(dataset: Dataset) -> UID:
     return UID(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
-
-
-def _sop_class(dataset: Dataset) -> str:
-    """The SOP class's name (a standard UID, so not identifying), e.g. "RT Plan Storage"."""
-    sop_class = dataset.get("SOPClassUID")
-    return f"SOP class {sop_class.name}" if sop_class else "no SOP class given"
 
 
 def _decode_frame(dataset: Dataset, name: str, frame: int) -> np.ndarray:
