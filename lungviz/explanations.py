@@ -61,6 +61,8 @@ class CamGraph:
     @classmethod
     def build(cls, model: keras.Model, cam_layer: str) -> CamGraph:
         """Re-wire `model` so the CAM layer's output and the logits are outputs of one graph."""
+        if len(model.inputs) != 1:
+            raise ExplanationError(f"model {model.name!r} has {len(model.inputs)} inputs; expected one image input")
         target = _find_layer(model, cam_layer)
         if target is None:
             raise ExplanationError(f"model {model.name!r} has no layer named {cam_layer!r} (not even in a nested model)")

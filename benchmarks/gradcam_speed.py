@@ -1,0 +1,109 @@
+"""How long one Grad-CAM costs: the compiled Grad-CAM against tf-keras-vis and a plain forward pass.
+
+Run from the repository root:
+
+    .venv/bin/python -m benchmarks.gradcam_speed [--repeats N]
+
+Models: DenseNet121 (random weights, 2-class softmax head) both flat and as a
+nested base model, plus every model in weights/ with a card. Timings are the
+median of N calls after warm-up, for a batch of one image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tf_keras_vis.gradcam import Gradcam  # noqa: E402
+from tf_keras_vis.utils.model_modifiers import ReplaceToLinear  # noqa: E402
+from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore  # noqa: E402
+
+from lungviz.explanations import FEATURES_LAYER, GradCam  # noqa: E402
+from lungviz.registry import discover, load_model  # noqa: E402
+
+WARMUP = 2
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    for _ in range(WARMUP):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def densenet(nested: bool) -> tuple[keras.Model, str]:
+    """DenseNet121 with a 2-class softmax head, and the name of its last conv block's activation."""
+    if not nested:
+        return keras.applications.DenseNet121(weights=None, classes=2, input_shape=(224, 224, 3)), "relu"
+    base = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=(224, 224, 3))
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.GlobalAveragePooling2D()(base(inputs))
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x), name="nested_densenet121"), "relu"
+
+
+def benchmark(name: str, model: keras.Model, cam_layer: str, repeats: int) -> None:
+    height, width = model.inputs[0].shape[1:3]
+    inputs = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype(np.float32)
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    started = time.perf_counter()
+    gradcam = GradCam(model, cam_layer)
+    setup = time.perf_counter() - started
+    sigmoid = gradcam.graph.head == "sigmoid"
+    score = BinaryScore(True) if sigmoid else CategoricalScore(1)
+
+    rows: list[tuple[str, float | None]] = [
+        ("compiled forward pass", median_seconds(lambda: forward(inputs).numpy(), repeats)),
+        ("compiled Grad-CAM (+probabilities)",
+         median_seconds(lambda: gradcam.explain_with_probabilities(inputs, 1), repeats)),
+    ]
+    try:  # tf-keras-vis as documented: ReplaceToLinear on a clone of the model
+        reference = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
+        run_reference = lambda: reference(score, inputs, penultimate_layer=cam_layer,  # noqa: E731
+                                          seek_penultimate_conv_layer=False)
+        rows.append(("tf-keras-vis Gradcam", median_seconds(run_reference, max(3, repeats // 2))))
+        expected = run_reference()[0]
+    except Exception as error:  # nested models are not supported by tf-keras-vis
+        rows.append((f"tf-keras-vis Gradcam fails: {str(error).splitlines()[0][:60]}", None))
+        flat = Gradcam(gradcam.graph.logits_model(), model_modifier=None, clone=False)
+        run_flat = lambda: flat(score, inputs, penultimate_layer=FEATURES_LAYER,  # noqa: E731
+                                seek_penultimate_conv_layer=False)
+        rows.append(("tf-keras-vis Gradcam on lungviz's flat graph", median_seconds(run_flat, max(3, repeats // 2))))
+        expected = run_flat()[0]
+
+    print(f"\n{name}  input {height}x{width}, CAM layer {cam_layer!r}, Grad-CAM setup {setup:.2f} s")
+    for label, seconds in rows:
+        print(f"  {label}" if seconds is None else f"  {label:<48} {seconds * 1000:9.1f} ms")
+    heatmap = gradcam.explain(inputs, 1)
+    print(f"  max |compiled - tf-keras-vis| after normalisation: {np.abs(heatmap - expected).max():.1e} "
+          f"(map covers {np.mean(heatmap > 0.05):.0%} of the image)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median reported)")
+    args = parser.parse_args()
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
+          f"{', '.join(d.device_type for d in tf.config.list_logical_devices())}, CPU threads: {os.cpu_count()}")
+    for nested in (False, True):
+        model, cam_layer = densenet(nested)
+        benchmark(f"DenseNet121 {'nested base' if nested else 'flat'} (random weights)", model, cam_layer,
+                  args.repeats)
+    for cards in discover().values():
+        for card in cards:
+            benchmark(f"{card.task}/{card.name} ({card.file})", load_model(card), card.cam_layer, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
