@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
-from lungviz.calibration import apply_temperature
+from lungviz import datasets
+from lungviz.calibration import apply_temperature, as_class_probabilities
 from lungviz.cards import ModelCard
 from lungviz.explanations import get_explainer, resize_heatmap
 
@@ -50,20 +50,13 @@ def to_model_input(pixels: np.ndarray, input_size: tuple[int, int] | list[int]) 
     The image is stretched to the model's size without keeping its aspect ratio,
     because that is how the training images were made.
     """
-    height, width = input_size
-    shrinking = pixels.shape[0] > height or pixels.shape[1] > width
-    resized = cv2.resize(pixels.astype(np.float32), (width, height),
-                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    gray = np.clip(resized, 0.0, 1.0) * 255.0
-    return np.repeat(gray[None, :, :, None], 3, axis=-1).astype(np.float32)
+    stretched = datasets.stretch_to_size(np.clip(pixels, 0.0, 1.0).astype(np.float32), input_size)
+    return datasets.to_model_input(stretched[None] * 255.0)
 
 
 def class_probabilities(raw_output: np.ndarray, card: ModelCard) -> np.ndarray:
     """Calibrated per-class probabilities from the model's raw output for one image."""
-    raw = np.asarray(raw_output, dtype=np.float64).reshape(-1)
-    if card.head == "sigmoid":
-        raw = np.array([1.0 - raw[0], raw[0]])
-    return apply_temperature(raw, card.temperature)
+    return apply_temperature(as_class_probabilities(raw_output, card.head)[0], card.temperature)
 
 
 def decide(probabilities: np.ndarray, card: ModelCard) -> str:
@@ -90,8 +83,8 @@ class Classifier:
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, shape (n, classes), for a batch of model inputs."""
-        raw = np.asarray(self.model(batch, training=False))
-        return np.stack([class_probabilities(row, self.card) for row in raw])
+        raw = as_class_probabilities(np.asarray(self.model(batch, training=False)), self.card.head)
+        return apply_temperature(raw, self.card.temperature)
 
     def run(self, pixels: np.ndarray, method: str | None = None, target: str = PREDICTED) -> ModelResult:
         """Classify one image and, when a method is given, explain `target`."""
