@@ -40,11 +40,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pydicom
 from PIL import ExifTags, Image, ImageOps
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder, pixel_array
 from pydicom.sequence import Sequence
-from pydicom.uid import UID
 
 UPLOAD_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "dicom"]
 """File name endings the uploader offers; the content decides how a file is read."""
@@ -80,21 +80,23 @@ FRAME_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLU
                   "SliceThickness")
 """Attributes that enhanced multi-frame files move into per-frame functional groups."""
 
+_LIBJPEG = "pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)"
+_OPENJPEG = "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)"
 _DECODER_PACKAGES = {
-    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg) or Pillow",
-    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)",
-    "1.2.840.10008.1.2.4.80": "pyjpegls (pip install pyjpegls) or pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.81": "pyjpegls (pip install pyjpegls) or pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)",
-    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)",
-    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)",
-    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)",
-    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)",
-    "1.2.840.10008.1.2.5": "pylibjpeg-rle (pip install pylibjpeg pylibjpeg-rle)",
+    uid.JPEGBaseline8Bit: f"{_LIBJPEG} or Pillow",
+    uid.JPEGExtended12Bit: _LIBJPEG,
+    uid.JPEGLossless: _LIBJPEG,
+    uid.JPEGLosslessSV1: _LIBJPEG,
+    uid.JPEGLSLossless: "pyjpegls (pip install pyjpegls) or pylibjpeg-libjpeg",
+    uid.JPEGLSNearLossless: "pyjpegls (pip install pyjpegls) or pylibjpeg-libjpeg",
+    uid.JPEG2000Lossless: _OPENJPEG,
+    uid.JPEG2000: _OPENJPEG,
+    uid.HTJ2KLossless: _OPENJPEG,
+    uid.HTJ2KLosslessRPCL: _OPENJPEG,
+    uid.HTJ2K: _OPENJPEG,
+    uid.RLELossless: "pylibjpeg-rle (pip install pylibjpeg pylibjpeg-rle)",
 }
-"""Transfer syntax UID -> the decoder package to install; anything else: python-gdcm."""
+"""Transfer syntax -> the decoder package to install; anything else: python-gdcm."""
 
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG", True), (b"\xff\xd8\xff", "JPEG", True), (b"II*\x00", "TIFF", True),
@@ -240,10 +242,10 @@ def _check_size(name: str, width: int, height: int) -> None:
 
 
 def _check_values(name: str, values: np.ndarray) -> None:
-    finite = np.isfinite(values)
-    if not finite.all():
-        raise ImageInputError(name, f"image has {values.size - int(finite.sum())} pixels that are not numbers "
-                                    f"(NaN or infinity)")
+    if values.dtype.kind == "f":
+        not_numbers = values.size - np.count_nonzero(np.isfinite(values))
+        if not_numbers:
+            raise ImageInputError(name, f"image has {not_numbers} pixels that are not numbers (NaN or infinity)")
     if values.min() == values.max():
         raise ImageInputError(name, f"image is blank (every pixel has the value {values.flat[0]:g})")
 
@@ -389,8 +391,8 @@ def _dicom_image(dataset: Dataset, name: str, frame: int, window: Window | None)
                       hounsfield=hounsfield)
 
 
-def _transfer_syntax(dataset: Dataset) -> UID:
-    return UID(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+def _transfer_syntax(dataset: Dataset) -> uid.UID:
+    return uid.UID(dataset.file_meta.get("TransferSyntaxUID", uid.ImplicitVRLittleEndian))
 
 
 def _decode_frame(dataset: Dataset, name: str, frame: int) -> np.ndarray:
