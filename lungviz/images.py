@@ -115,9 +115,12 @@ class ImageInputError(ValueError):
     """A file LungViz cannot turn into a chest image; str() is a message for the user."""
 
     def __init__(self, file: str, problem: str) -> None:
-        super().__init__(f"{file}: {problem}")
+        super().__init__(file, problem)  # both in args, so the error survives pickling (process pools)
         self.file = file
         self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.problem}"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 import io
+import pickle
 import time
 import zipfile
 
@@ -360,6 +361,7 @@ def test_bad_input_gets_one_specific_message_naming_the_file(kind):
         load_image(build(), "upload.bin")
     assert str(raised.value).startswith("upload.bin: ")
     assert isinstance(raised.value, ValueError)
+    assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)
 
 
 def test_bomb_is_refused_from_the_header_before_decoding():
