@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import numpy as np
+from PIL import Image
+
 from lungviz.prediction import Classifier
 from lungviz.registry import WEIGHTS_ENV, discover
-from tests.upload_files import PATIENT_ID, PATIENT_NAME, chest_png, ct_dicom
+from tests.images_factory import (PHI, chest_hounsfield, chest_radiograph, ct_dicom, dicom_bytes, dicom_dataset,
+                                  encode, to_8bit)
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard.py"
 TIMEOUT = 120  # the first analysis of a session loads the models and traces Grad-CAM
@@ -40,6 +44,16 @@ def model_runs(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(Classifier, "run", counted)
     return runs
+
+
+def chest_png() -> bytes:
+    return encode(Image.fromarray(to_8bit(chest_radiograph())), "PNG")
+
+
+def ct_slice(frames: int = 1) -> bytes:
+    """CT in HU stored with a non-trivial rescale, as scanners do; several frames make one multi-frame file."""
+    hu = np.stack([chest_hounsfield(seed=frame) for frame in range(frames)]) if frames > 1 else chest_hounsfield()
+    return ct_dicom(hu, slope=2.0, intercept=-2048.0, PixelSpacing=[0.7, 0.7])
 
 
 def upload(app: AppTest, *files: tuple[str, bytes]) -> AppTest:
@@ -80,7 +94,7 @@ def test_start_page_shows_the_disclaimer_and_a_multi_file_uploader(app):
 
 def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_only_stops_itself(
         app, weights_root, model_runs):
-    upload(app, ("chest.png", chest_png()), ("broken.png", b"\x89PNG\r\n\x1a\n not really"), ("slice.dcm", ct_dicom()))
+    upload(app, ("chest.png", chest_png()), ("broken.png", b"\x89PNG\r\n\x1a\n not really"), ("slice.dcm", ct_slice()))
 
     assert not app.exception
     assert len(app.error) == 1 and "broken.png" in app.error[0].value
@@ -102,10 +116,11 @@ def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_on
 
 
 def test_dicom_shows_technical_metadata_never_patient_fields_and_rewindows_without_rereading(app, model_runs):
-    upload(app, ("slice.dcm", ct_dicom()))
+    upload(app, ("slice.dcm", ct_slice()))
     page = texts(app)
     assert "CHEST" in page and "0.7" in page and "lung (center -600, width 1500)" in page
-    assert PATIENT_NAME not in page and "Doe" not in page and PATIENT_ID not in page and "Hospital" not in page
+    leaked = [keyword for keyword, value in PHI.items() if value in page or value.split("^")[0] in page]
+    assert not leaked
     assert "a chest CT slice, from the dicom" in page and "ct-covid" in page
 
     window = next(select for select in app.main.selectbox if select.label == "CT window")
@@ -119,7 +134,7 @@ def test_dicom_shows_technical_metadata_never_patient_fields_and_rewindows_witho
 
 
 def test_multi_frame_dicom_offers_a_frame_selector(app, model_runs):
-    upload(app, ("series.dcm", ct_dicom(frames=3)))
+    upload(app, ("series.dcm", ct_slice(frames=3)))
     frame = next(slider for slider in app.main.slider if slider.label == "Frame")
     assert (frame.min, frame.max, frame.value) == (0, 2, 0)
     runs = len(model_runs)
@@ -161,7 +176,8 @@ def test_analysis_controls_do_rerun_and_deselected_models_disappear(app, model_r
 
 
 def test_an_image_the_gate_calls_other_is_not_classified_until_a_task_is_chosen(app, model_runs):
-    upload(app, ("knee.dcm", ct_dicom(modality="MR")))
+    knee = dicom_bytes(dicom_dataset(to_8bit(chest_radiograph()), Modality="MR", BodyPartExamined="KNEE"))
+    upload(app, ("knee.dcm", knee))
     assert not app.exception and model_runs == []
     assert any("does not look like a chest X-ray or chest CT" in warning.value for warning in app.warning)
     assert any("Pick a task" in info.value for info in app.info)
@@ -175,6 +191,13 @@ def test_downloads_hold_every_file_including_rejected_ones(app):
     labels = [button.label for button in app.get("download_button")]
     assert labels.count("Overlay PNG") == 2
     assert {"Results (CSV)", "Results (JSON Lines)", "All overlays (ZIP)"} <= set(labels)
+
+
+def test_the_same_file_dropped_twice_shows_once_and_a_renamed_copy_separately(app):
+    png = chest_png()
+    upload(app, ("chest.png", png), ("chest.png", png), ("copy.png", png))
+    assert not app.exception
+    assert [header.value for header in app.header] == ["chest.png", "copy.png", "Downloads"]
 
 
 def test_missing_models_give_instructions_not_a_crash(tmp_path, monkeypatch):
