@@ -197,7 +197,7 @@ def test_the_same_file_dropped_twice_shows_once_and_a_renamed_copy_separately(ap
     png = chest_png()
     upload(app, ("chest.png", png), ("chest.png", png), ("copy.png", png))
     assert not app.exception
-    assert [header.value for header in app.header] == ["chest.png", "copy.png", "Downloads"]
+    assert [header.value for header in app.main.header] == ["chest.png", "copy.png", "Downloads"]
 
 
 def test_missing_models_give_instructions_not_a_crash(tmp_path, monkeypatch):
