@@ -242,14 +242,13 @@ class GradCam(Explainer):
         return self.explain_with_probabilities(inputs, class_index)[1]
 
     def _probabilities_and_cam(self, inputs: tf.Tensor, class_index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(inputs)
-            features, logits = self.graph.model(inputs, training=False)
-            if self.graph.head == "sigmoid":
-                score = logits[:, 0] * (2.0 * tf.cast(class_index, logits.dtype) - 1.0)
-            else:
-                score = tf.gather(logits, class_index, axis=-1)
-        gradients = tape.gradient(score, features)
+        features, logits = self.graph.model(inputs, training=False)
+        if self.graph.head == "sigmoid":
+            score = logits[:, 0] * (2.0 * tf.cast(class_index, logits.dtype) - 1.0)
+        else:
+            score = tf.gather(logits, class_index, axis=-1)
+        # Symbolic gradients (this runs only as a traced graph) cover just the ops between features and score.
+        gradients = tf.gradients(score, features)[0]
         channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1, keepdims=True))
         cam = tf.raw_ops.ResizeBilinear(images=cam, size=tf.shape(inputs)[1:3], align_corners=True)[..., 0]

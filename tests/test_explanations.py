@@ -188,3 +188,10 @@ def test_resize_heatmap_stretches_back_to_the_image_and_stays_in_range():
     assert resized[:, :40].max() == 0 and resized[:, 50:].min() == 1
     with pytest.raises(ValueError, match="2-D"):
         resize_heatmap(heatmap[None], (10, 10))
+
+
+def test_compiled_gradcam_backpropagates_only_through_the_head(gradcams):
+    """The CAM layer feeds pooling and Dense only: no convolution gradient may be in the compiled graph."""
+    graph = gradcams["flat-softmax"]._compiled.get_concrete_function().graph
+    op_types = {op.type for op in graph.get_operations()}
+    assert "Conv2D" in op_types and not any("Backprop" in t or t == "ReluGrad" for t in op_types)
