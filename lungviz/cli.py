@@ -45,7 +45,35 @@ def _build_parser() -> argparse.ArgumentParser:
     cards.add_argument("--update-readme", action="store_true", help="rewrite the table in README.md")
     cards.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     cards.set_defaults(handler=_run_cards)
+    gate = commands.add_parser("gate", help="fit or evaluate the modality / out-of-distribution gate")
+    gate.add_argument("action", choices=["fit", "evaluate"])
+    gate.add_argument("--xray", type=Path, required=True, help="chest X-ray data set (train/val/test folders)")
+    gate.add_argument("--ct", type=Path, required=True, help="chest CT data set (train/val/test folders)")
+    gate.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
+    gate.set_defaults(handler=_run_gate)
     return parser
+
+
+def _run_gate(args: argparse.Namespace) -> int:
+    import json
+
+    from lungviz import modality
+    from lungviz.registry import weights_dir
+
+    root = args.weights or weights_dir()
+    data_dirs = {"xray": args.xray, "ct": args.ct}
+    for folder in data_dirs.values():
+        if not folder.is_dir():
+            raise UsageError(f"data folder {folder} does not exist")
+    if args.action == "fit":
+        report = modality.train_gate(data_dirs, root / modality.GATE_DIR)
+    else:
+        gate = modality.load_gate(root)
+        if gate is None:
+            raise UsageError(f"no gate in {root / modality.GATE_DIR}; run 'gate fit' first")
+        report = modality.evaluate_gate(gate, data_dirs)
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def _run_cards(args: argparse.Namespace) -> int:
