@@ -107,18 +107,18 @@ class OperatingPoint:
 def choose_threshold(p_positive: np.ndarray, is_positive: np.ndarray) -> OperatingPoint:
     """THRESHOLD_RULE: the cut maximising sensitivity + specificity - 1.
 
-    A case is called positive when p >= threshold. Candidates are the midpoints
-    between neighbouring observed probabilities (plus 0 and 1), so the cut never
-    sits on a validation image and each partition of the images is tried once.
-    Among equal J the candidate nearest 0.5 wins: a tie carries no evidence for
-    moving away from the natural cut.
+    A case is called positive when p >= threshold. Candidates are 0.5, 0, 1 and
+    the midpoints between neighbouring observed probabilities, so a cut never
+    sits on a validation image. Among equal J the candidate nearest 0.5 wins: a
+    tie carries no evidence for moving away from the natural cut (and a model
+    whose validation probabilities are all equal keeps 0.5).
     """
     p_positive = np.asarray(p_positive, dtype=np.float64).reshape(-1)
     truth = np.asarray(is_positive).astype(bool).reshape(-1)
     if len(p_positive) != len(truth) or truth.all() or not truth.any():
         raise CalibrationError("choosing a threshold needs probabilities and labels of both classes, same length")
     observed = np.unique(p_positive)
-    candidates = np.unique(np.concatenate([[0.0], (observed[1:] + observed[:-1]) / 2, [1.0]]))
+    candidates = np.unique(np.concatenate([[0.0, 0.5, 1.0], (observed[1:] + observed[:-1]) / 2]))
     predicted = p_positive[None, :] >= candidates[:, None]
     sensitivity = (predicted & truth).sum(axis=1) / truth.sum()
     specificity = (~predicted & ~truth).sum(axis=1) / (~truth).sum()

@@ -68,9 +68,14 @@ def test_threshold_maximises_youden_j_on_a_constructed_case():
 
 
 def test_threshold_ties_go_to_the_cut_nearest_one_half():
-    # Perfect separation anywhere in the gap 0.2..0.9: every midpoint there gives J = 1; 0.55 is nearest 0.5.
+    # Perfect separation anywhere in the gap 0.2..0.9: the natural cut 0.5 lies in it and is kept.
     p = np.array([0.1, 0.2, 0.9, 0.95])
-    assert choose_threshold(p, np.array([0, 0, 1, 1])).threshold == pytest.approx(0.55)
+    assert choose_threshold(p, np.array([0, 0, 1, 1])).threshold == 0.5
+    # Perfect separation in the gap 0.6..0.9 only: its midpoint 0.75, not a cut on an image.
+    p = np.array([0.1, 0.6, 0.9, 0.95])
+    assert choose_threshold(p, np.array([0, 0, 1, 1])).threshold == pytest.approx(0.75)
+    # A constant model: every cut has J = 0, so 0.5 stays.
+    assert choose_threshold(np.full(6, 0.3), np.array([0, 1] * 3)).threshold == 0.5
     # Two disjoint best cuts (J = 0.5 each), 0.2|0.3 and 0.55|0.7: the second one's midpoint is nearer 0.5.
     p = np.array([0.1, 0.2, 0.3, 0.35, 0.45, 0.55, 0.7, 0.8])
     truth = np.array([0, 0, 1, 1, 0, 0, 1, 1])
