@@ -22,12 +22,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tf_keras_vis.gradcam import Gradcam  # noqa: E402
+
+from lungviz.explanations import FEATURES_LAYER, GradCam  # noqa: E402  (first: it quiets tf-keras-vis' imports)
+from lungviz.registry import discover, load_model  # noqa: E402
+from tf_keras_vis.gradcam import Gradcam  # noqa: E402, I001
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear  # noqa: E402
 from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore  # noqa: E402
-
-from lungviz.explanations import FEATURES_LAYER, GradCam  # noqa: E402
-from lungviz.registry import discover, load_model  # noqa: E402
 
 WARMUP = 2
 
@@ -104,9 +104,11 @@ def main() -> None:
         model, cam_layer = densenet(nested)
         benchmark(f"DenseNet121 {'nested base' if nested else 'flat'} (random weights)", model, cam_layer,
                   args.repeats)
-    for cards in discover().values():
-        for card in cards:
-            benchmark(f"{card.task}/{card.name} ({card.file})", load_model(card), card.cam_layer, args.repeats)
+    cards = [card for task_cards in discover().values() for card in task_cards]
+    if not cards:
+        print("\nno models with cards in weights/")
+    for card in cards:
+        benchmark(f"{card.task}/{card.name} ({card.file})", load_model(card), card.cam_layer, args.repeats)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ method aligns its map the same way.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import partial
@@ -29,11 +30,14 @@ import cv2
 import keras
 import numpy as np
 import tensorflow as tf
-from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-from tf_keras_vis.layercam import Layercam
-from tf_keras_vis.saliency import Saliency
-from tf_keras_vis.scorecam import Scorecam
-from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
+
+with warnings.catch_warnings():  # tf-keras-vis imports `zoom` from a SciPy path deprecated since 1.8
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
+    from tf_keras_vis.saliency import Saliency
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
 FEATURES_LAYER = "lungviz_cam_features"
 """Name of the pass-through layer that marks the CAM layer's output in a `CamGraph`."""

@@ -3,12 +3,14 @@ from functools import partial
 import keras
 import numpy as np
 import pytest
-from tf_keras_vis.gradcam import Gradcam
-from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
 from lungviz.explanations import METHODS, CamGraph, ExplanationError, GradCam, get_explainer, resize_heatmap
 from tests.model_factory import INPUT_SIZE, flat_softmax_model, nested_sigmoid_model
+
+# after lungviz.explanations, which imports tf-keras-vis without its SciPy deprecation warnings
+from tf_keras_vis.gradcam import Gradcam  # noqa: E402, I001
+from tf_keras_vis.utils.model_modifiers import ReplaceToLinear  # noqa: E402
+from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore  # noqa: E402
 
 
 def _nested_softmax_model() -> keras.Model:
@@ -195,3 +197,12 @@ def test_compiled_gradcam_backpropagates_only_through_the_head(gradcams):
     graph = gradcams["flat-softmax"]._compiled.get_concrete_function().graph
     op_types = {op.type for op in graph.get_operations()}
     assert "Conv2D" in op_types and not any("Backprop" in t or t == "ReluGrad" for t in op_types)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_explaining_prints_nothing(models, method, capfd):
+    """The CLI writes JSON to stdout; a progress bar from a method would corrupt it."""
+    explainer = get_explainer(method, models["nested-sigmoid"], "base_last_conv")
+    capfd.readouterr()
+    explainer.explain(_radiograph(seed=8), 0)
+    assert capfd.readouterr().out == ""
