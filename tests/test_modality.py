@@ -84,4 +84,4 @@ def test_shipped_gate_on_real_test_images(shipped_gate, shared_data):
         data = datasets.load_split(shared_data / folder, "test", datasets.dataset_classes(shared_data / folder), (224, 224))
         sample = data.images[:: max(1, len(data.images) // 40)]
         verdicts = [shipped_gate.assess(image / 255.0).predicted for image in sample]
-        assert np.mean([v == modality for v in verdicts]) >= 0.95
+        assert np.mean([v == modality for v in verdicts]) >= 0.9
