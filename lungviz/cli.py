@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,37 @@ def _build_parser() -> argparse.ArgumentParser:
     cards.add_argument("--update-readme", action="store_true", help="rewrite the table in README.md")
     cards.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     cards.set_defaults(handler=_run_cards)
+    train = commands.add_parser("train", help="fine-tune or train a classifier on a folder-per-class data set")
+    train.add_argument("--data", type=Path, required=True, help="data set with train/ and val/ (and test/) folders")
+    train.add_argument("--task", required=True, choices=list(TASKS))
+    train.add_argument("--arch", required=True, help="efficientnet_lite0|1|2, simple_cnn or a keras.applications name")
+    train.add_argument("--name", default=None, help="model name (default: the architecture)")
+    train.add_argument("--out", type=Path, default=None, help="where the .keras and card go (default weights/<task>)")
+    train.add_argument("--run-dir", type=Path, default=None, help="checkpoints and logs (default runs/<task>/<name>)")
+    train.add_argument("--input-size", type=int, default=224, help="square input side in pixels")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--head-epochs", type=int, default=30, help="stage 1: new head on the frozen backbone")
+    train.add_argument("--epochs", type=int, default=15, help="stage 2 fine-tuning (or the whole from-scratch run)")
+    train.add_argument("--lr", type=float, default=None, help="stage 2 learning rate (default 1e-4, scratch 1e-3)")
+    train.add_argument("--finetune-blocks", default="2", help="top backbone blocks to fine-tune, or 'all'")
+    train.add_argument("--patience", type=int, default=4, help="early stopping patience on validation AUC")
+    train.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    train.add_argument("--imagenet-weights", type=Path, default=None,
+                       help="ImageNet weights file for a keras.applications architecture")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train.set_defaults(handler=_run_train)
+
+    evaluate = commands.add_parser("evaluate", help="test-split metrics with 95%% bootstrap CIs, per model and ensemble")
+    evaluate.add_argument("--task", required=True, choices=list(TASKS))
+    evaluate.add_argument("--data", type=Path, required=True, help="data set with val/ and test/ folders")
+    evaluate.add_argument("--models", default=None, help="comma-separated model names (default: all of the task)")
+    evaluate.add_argument("--out", type=Path, default=None, help="write report.json, summary.md and figures.html")
+    evaluate.add_argument("--update-cards", action="store_true", help="write the test metrics into the model cards")
+    evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
+    evaluate.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
+    evaluate.set_defaults(handler=_run_evaluate)
+
     gate = commands.add_parser("gate", help="fit or evaluate the modality / out-of-distribution gate")
     gate.add_argument("action", choices=["fit", "evaluate"])
     gate.add_argument("--xray", type=Path, required=True, help="chest X-ray data set (train/val/test folders)")
@@ -52,6 +84,57 @@ def _build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     gate.set_defaults(handler=_run_gate)
     return parser
+
+
+def _require_folder(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise UsageError(f"{what} folder {folder} does not exist")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from lungviz.registry import weights_dir
+    from lungviz.training import TrainConfig, TrainingError, train
+
+    _require_folder(args.data, "data")
+    name = args.name or args.arch.replace("_", "-")
+    blocks = args.finetune_blocks if args.finetune_blocks == "all" else int(args.finetune_blocks)
+    try:
+        config = TrainConfig(
+            task=args.task, data_dir=args.data, architecture=args.arch, name=name,
+            run_dir=args.run_dir or Path("runs") / args.task / name, export_dir=args.out or weights_dir() / args.task,
+            input_size=(args.input_size, args.input_size), batch_size=args.batch_size, head_epochs=args.head_epochs,
+            epochs=args.epochs, learning_rate=args.lr, finetune_blocks=blocks, patience=args.patience,
+            augment=not args.no_augment, imagenet_weights=args.imagenet_weights, seed=args.seed, resume=args.resume,
+            command="python -m lungviz " + shlex.join(args.argv))
+        result = train(config)
+    except (TrainingError, ValueError) as error:
+        raise UsageError(str(error)) from error
+    print(f"saved {result.model_path} and {result.card_path}")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from lungviz.evaluation import evaluate_task, summary_markdown, update_card_metrics
+    from lungviz.registry import discover, load_model
+
+    _require_folder(args.data, "data")
+    cards = discover(args.weights)[args.task]
+    if args.models:
+        wanted = [m.strip() for m in args.models.split(",")]
+        unknown = sorted(set(wanted) - {c.name for c in cards})
+        if unknown:
+            raise UsageError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(c.name for c in cards)}")
+        cards = [c for c in cards if c.name in wanted]
+    if not cards:
+        raise UsageError(f"no models for task {args.task} in the weights folder")
+    report = evaluate_task(args.task, args.data, [(card, load_model(card)) for card in cards], args.out)
+    if args.update_cards:
+        for card in cards:
+            update_card_metrics(card, report)
+    print(json.dumps(report, indent=2) if args.json else summary_markdown(report))
+    return 0
 
 
 def _run_gate(args: argparse.Namespace) -> int:
@@ -63,8 +146,7 @@ def _run_gate(args: argparse.Namespace) -> int:
     root = args.weights or weights_dir()
     data_dirs = {"xray": args.xray, "ct": args.ct}
     for folder in data_dirs.values():
-        if not folder.is_dir():
-            raise UsageError(f"data folder {folder} does not exist")
+        _require_folder(folder, "data")
     if args.action == "fit":
         report = modality.train_gate(data_dirs, root / modality.GATE_DIR)
     else:
@@ -72,6 +154,8 @@ def _run_gate(args: argparse.Namespace) -> int:
         if gate is None:
             raise UsageError(f"no gate in {root / modality.GATE_DIR}; run 'gate fit' first")
         report = modality.evaluate_gate(gate, data_dirs)
+        card_path = root / modality.GATE_DIR / modality.CARD_FILE
+        card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "evaluation": report}, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 
@@ -134,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.handler(args)
     except UsageError as error:

@@ -93,8 +93,12 @@ class ModalityGate:
         return ModalityAssessment("other" if score > 1.0 else MODALITIES[nearest], score, "gate")
 
     def save(self, folder: Path, card: dict[str, Any]) -> None:
+        from lungviz.storage import save_compact
+
         folder.mkdir(parents=True, exist_ok=True)
-        self.embedding.save(folder / EMBEDDING_FILE)
+        probe = np.random.default_rng(0).uniform(0, 255, (4, *INPUT_SIZE, 3)).astype(np.float32)
+        card["float16_max_feature_change"] = save_compact(self.embedding, folder / EMBEDDING_FILE, probe,
+                                                          tolerance=2e-2)
         np.savez(folder / STATS_FILE, class_means=self.class_means, basis=self.basis, scale=self.scale,
                  residual_variance=np.float64(self.residual_variance), threshold=np.float64(self.threshold))
         (folder / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")

@@ -34,8 +34,10 @@ import numpy as np
 
 from lungviz import datasets
 from lungviz.architectures import HEAD_LAYERS, POOL_LAYER, BuiltModel, build_model, is_transfer
-from lungviz.calibration import as_class_probabilities, apply_temperature, choose_threshold, fit_temperature
+from lungviz.calibration import apply_temperature, choose_threshold, fit_temperature
 from lungviz.cards import TASKS, ModelCard
+from lungviz.evaluation import raw_probabilities
+from lungviz.storage import save_compact
 
 MONITORS = {"val_auc": "max", "val_loss": "min"}
 STATE_FILE = "state.json"
@@ -281,8 +283,7 @@ def _head_features(model: keras.Model, run: _Run, train: datasets.SplitData, val
         return stored["train"], stored["val"]
     started = time.perf_counter()
     extractor = keras.Model(model.input, model.get_layer(POOL_LAYER).output)
-    features = [np.concatenate([np.asarray(extractor(batch, training=False))
-                                for batch in datasets.iterate_batches(split.images, batch_size)])
+    features = [extractor.predict(datasets.evaluation_dataset(split, batch_size), verbose=run.config.verbose)
                 for split in (train, val)]
     np.savez(cache, train=features[0], val=features[1])
     run.state["feature_seconds"] = time.perf_counter() - started
@@ -342,12 +343,6 @@ def _starting_model(config: TrainConfig, run: _Run, num_classes: int) -> tuple[k
     return built.model, built
 
 
-def _predict(model: keras.Model, split: datasets.SplitData, batch_size: int) -> np.ndarray:
-    raw = np.concatenate([np.asarray(model(batch, training=False))
-                          for batch in datasets.iterate_batches(split.images, batch_size)])
-    return as_class_probabilities(raw, "softmax")
-
-
 def _split_sizes(config: TrainConfig, classes: tuple[str, ...]) -> dict[str, dict[str, int]]:
     sizes = {}
     for split in datasets.SPLITS:
@@ -363,12 +358,19 @@ def _export(config: TrainConfig, trained: keras.Model, built: BuiltModel, classe
     export_dir = Path(config.export_dir or config.run_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     model_path, card_path = export_dir / f"{config.model_name}.keras", export_dir / f"{config.model_name}.json"
-    shipped = build_model(config.architecture, len(classes), config.input_size, pretrained=False,
-                          dropout=config.dropout).model  # same graph, no optimizer state in the file
-    shipped.set_weights(trained.get_weights())
-    shipped.save(model_path)
+    fresh = build_model(config.architecture, len(classes), config.input_size, pretrained=False,
+                        dropout=config.dropout).model  # same graph, no optimizer state in the file
+    fresh.set_weights(trained.get_weights())
+    try:
+        change = save_compact(fresh, model_path, datasets.to_model_input(val.images[:16]))
+        training_record["weights_dtype"], training_record["float16_max_output_change"] = "float16", change
+    except ValueError as error:  # save_compact has then written the float32 file instead
+        log.info("kept float32 weights: %s", error)
+        training_record["weights_dtype"] = "float32"
+    # Calibrate the model as the file holds it (half-precision weights), not the in-memory one.
+    shipped = keras.models.load_model(model_path, compile=False, safe_mode=True)
 
-    probabilities = _predict(shipped, val, config.batch_size)
+    probabilities = raw_probabilities(shipped, val.images, "softmax")
     temperature = fit_temperature(probabilities, val.labels)
     calibrated = apply_temperature(probabilities, temperature)
     point = choose_threshold(calibrated[:, 1], val.labels == 1)

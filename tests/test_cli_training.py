@@ -1,0 +1,67 @@
+"""train -> evaluate -> cards -> predict through the command line, on a tiny synthetic data set."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from lungviz.cards import TASKS, ModelCard
+from lungviz.cli import main
+from tests.synthetic_dataset import synthetic_image, write_blob_dataset
+
+TASK = "ct-covid"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_training")
+    data = write_blob_dataset(root / "data", TASKS[TASK], {"train": 24, "val": 12, "test": 12})
+    weights = root / "weights"
+    status = main(["train", "--data", str(data), "--task", TASK, "--arch", "simple_cnn", "--name", "tiny",
+                   "--input-size", "32", "--epochs", "2", "--batch-size", "8", "--out", str(weights / TASK),
+                   "--run-dir", str(root / "run")])
+    assert status == 0
+    return data, weights
+
+
+def test_train_writes_a_model_and_a_card_that_records_the_command(trained):
+    _, weights = trained
+    card = ModelCard.load(weights / TASK / "tiny.json")
+    assert card.model_path.is_file() and card.input_size == [32, 32]
+    assert card.training["command"].startswith("python -m lungviz train --data")
+    assert card.calibration["method"] == "temperature" and 0 <= card.threshold <= 1
+
+
+def test_evaluate_reports_and_writes_card_metrics(trained, capsys):
+    data, weights = trained
+    capsys.readouterr()
+    assert main(["evaluate", "--task", TASK, "--data", str(data), "--weights", str(weights), "--json",
+                 "--update-cards"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    card = ModelCard.load(weights / TASK / "tiny.json")
+    assert card.metrics, "evaluate --update-cards left the card without metrics"
+    assert json.dumps(report)  # the report is plain JSON
+    assert main(["cards", "--weights", str(weights)]) == 0
+    assert "| ct-covid | tiny | simple_cnn | 32x32 |" in capsys.readouterr().out
+
+
+def test_predict_uses_the_trained_model(trained, tmp_path, capsys):
+    _, weights = trained
+    image = tmp_path / "slice.png"
+    cv2.imwrite(str(image), synthetic_image(True, np.random.default_rng(5), (96, 96)))
+    capsys.readouterr()
+    assert main(["predict", str(image), "--task", TASK, "--json", "--weights", str(weights)]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["error"] is None, record["error"]
+    assert [m["name"] for m in record["models"]] == ["tiny"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["train", "--data", "/no/such/folder", "--task", TASK, "--arch", "simple_cnn"], "does not exist"),
+    (["evaluate", "--data", "/no/such/folder", "--task", TASK], "does not exist"),
+])
+def test_missing_data_folder_is_a_usage_error(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
