@@ -33,11 +33,20 @@ class EvaluationError(ValueError):
     """Models that cannot be evaluated together on the task asked for."""
 
 
+def raw_probabilities(model, images: np.ndarray, head: str, batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
+    """Uncalibrated class probabilities (n, classes) of uint8 images already at the model's input size.
+
+    The model is called eagerly batch by batch, as the dashboard calls it, so
+    the temperature fitted on these outputs is the one the dashboard needs.
+    """
+    raw = np.concatenate([np.asarray(model(batch, training=False)) for batch in iterate_batches(images, batch_size)])
+    return as_class_probabilities(raw, head)
+
+
 def predict_probabilities(model, card: ModelCard, images: np.ndarray,
                           batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
-    """Calibrated class probabilities (n, classes) of uint8 images already at the card's input size."""
-    raw = np.concatenate([np.asarray(model(batch, training=False)) for batch in iterate_batches(images, batch_size)])
-    return apply_temperature(as_class_probabilities(raw, card.head), card.temperature)
+    """Calibrated class probabilities (n, classes): raw output scaled by the card's temperature."""
+    return apply_temperature(raw_probabilities(model, images, card.head, batch_size), card.temperature)
 
 
 def score(is_positive: np.ndarray, p_positive: np.ndarray, threshold: float, *,

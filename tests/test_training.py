@@ -54,6 +54,7 @@ def test_card_records_how_the_model_was_trained(trained, data_dir):
     recipe = record["recipe"]
     assert recipe["class_weights"] == {"NORMAL": 1.0, "PNEUMONIA": 1.0} and recipe["seed"] == 42
     assert recipe["augmentation"]["flips"] == "none" and recipe["batch_size"] == 4
+    assert record["weights_dtype"] == "float16" and record["float16_max_output_change"] <= 2e-3
     (stage,) = recipe["stages"]
     assert stage["name"] == "scratch" and 1 <= stage["best_epoch"] <= stage["epochs_run"] <= 6
     assert stage["seconds_per_epoch"] > 0
