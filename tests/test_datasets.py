@@ -88,3 +88,17 @@ def test_augmentation_jitters_but_never_flips(tmp_path):
     assert np.abs(batches[..., 0] - image).mean(axis=(1, 2)).min() > 0.5  # every copy was changed
     assert AUGMENTATION["flips"] == "none"
     assert not any("flip" in layer.name for layer in make_augmenter(0).layers)
+
+
+def test_augmentation_differs_per_image_and_epoch_but_repeats_with_the_seed():
+    image = np.random.default_rng(1).integers(0, 255, size=(24, 24), dtype=np.uint8)
+    split = SplitData("train", CLASSES, (None,) * 6, np.repeat(image[None], 6, axis=0), np.zeros(6, np.int64))
+
+    def epochs(dataset, count=2):
+        return [np.concatenate([x.numpy() for x, _ in dataset]) for _ in range(count)]
+
+    first, second = epochs(training_dataset(split, 3, seed=5, augment=True))
+    assert len({copy.tobytes() for copy in first}) == 6 and not np.array_equal(first, second)
+    replay = epochs(training_dataset(split, 3, seed=5, augment=True))
+    np.testing.assert_array_equal(replay[0], first)
+    np.testing.assert_array_equal(replay[1], second)
