@@ -195,7 +195,10 @@ def _set_trainable(model: keras.Model, built: BuiltModel, stage: Stage, finetune
     if stage.name == "head":
         base.trainable = False
         return
-    groups = built.blocks if finetune_blocks == "all" else built.blocks[1:][-finetune_blocks:] if finetune_blocks else []
+    if finetune_blocks == "all":
+        groups = built.blocks
+    else:  # the stem (blocks[0]) only ever trains with "all"
+        groups = built.blocks[1:][-finetune_blocks:] if finetune_blocks > 0 else []
     unfrozen = {name for group in groups for name in group}
     base.trainable = True
     for layer in base.layers:
