@@ -36,8 +36,9 @@ from lungviz.registry import ModelLoadError, weights_dir
 from lungviz.session import AUTO, Analysis, AnalysisSession
 
 CUSTOM_WINDOW = "custom"
-ENTRIES_PER_FILE = 4
-"""Decoded frames and analyses kept per uploaded file and user (least recently used dropped first)."""
+OVERLAY_WIDTH = 400  # pixels at most, so that two or three models fit on one screen in a demo
+ENTRIES_PER_FILE = 4  # decoded frames and analyses kept per uploaded file and user, least recently used dropped
+# (no bare string literals at module level here: Streamlit's "magic" would print them on the page)
 
 DISCLAIMER = ("**Research tool, not a medical device.** LungViz is not cleared for clinical use: its models "
               "learnt from small public data sets and its heatmaps show where a model's evidence lies, "
@@ -110,13 +111,6 @@ def uploaded_files() -> list[Upload]:
     return list({upload.key: upload for upload in uploads}.values())  # the same file dropped twice shows once
 
 
-def _name_with_tasks(names_by_task: dict[str, list[str]]) -> Callable[[str], str]:
-    def label(name: str) -> str:
-        tasks = [task for task, names in names_by_task.items() if name in names]
-        return f"{name} ({', '.join(tasks)})" if len(names_by_task) > 1 else name
-    return label
-
-
 def sidebar(session: AnalysisSession) -> Controls:
     with st.sidebar:
         st.header("Analysis")
@@ -126,7 +120,8 @@ def sidebar(session: AnalysisSession) -> Controls:
         tasks = session.tasks if task == AUTO else [task]
         names_by_task = {t: [card.name for card in session.cards[t]] for t in tasks}
         names = list(dict.fromkeys(name for task_names in names_by_task.values() for name in task_names))
-        models = st.multiselect("Models", names, default=names, format_func=_name_with_tasks(names_by_task))
+        models = st.multiselect("Models", names, default=names,
+                                help="  \n".join(f"{t}: {', '.join(n)}" for t, n in names_by_task.items()))
         method = st.selectbox("Explanation method", list(METHODS), index=list(METHODS).index(DEFAULT_METHOD),
                               format_func=lambda m: METHODS[m].label)
         classes = list(dict.fromkeys(c for t in tasks for card in session.cards[t] for c in card.classes))
@@ -173,25 +168,30 @@ def prepared_image(upload: Upload) -> ChestImage:
 
 
 def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, controls: Controls) -> Analysis:
-    """Run (or recall) the models on one prepared image, with visible progress when they run."""
+    """Run (or recall) the models on one prepared image; a status box shows progress while they run."""
     key = (image.frame, image.window, controls.task, controls.models, controls.method, controls.target)
+    status = st.status(f"Analysing {upload.name}...", expanded=True)
 
     def run() -> Analysis:
-        with st.status(f"Analysing {upload.name}...", expanded=True) as status:
+        with status:
             bar = st.progress(0.0, text="Checking what kind of image this is")
 
             def progress(message: str, step: int, total: int) -> None:
                 bar.progress(step / max(total, 1), text=message)
 
-            analysis = session.analyse_image(image, file=upload.name, task=controls.task,
-                                             models=list(controls.models), method=controls.method,
-                                             target=controls.target, progress=progress)
-            seconds = sum(result.seconds for result in analysis.results)
-            status.update(label=f"{upload.name}: {len(analysis.results)} model(s) in {seconds:.1f} s",
-                          state="complete", expanded=False)
-        return analysis
+            return session.analyse_image(image, file=upload.name, task=controls.task, models=list(controls.models),
+                                         method=controls.method, target=controls.target, progress=progress)
 
-    return remembered(upload, "analyses", key, run)
+    try:
+        analysis = remembered(upload, "analyses", key, run)
+    except Exception:
+        status.update(label=f"Analysing {upload.name} failed", state="error", expanded=False)
+        raise
+    seconds = sum(result.seconds for result in analysis.results)
+    done = (f"{len(analysis.results)} {analysis.task} model(s) ran in {seconds:.2f} s" if analysis.task
+            else "No model ran")
+    status.update(label=done, state="complete", expanded=False)
+    return analysis
 
 
 def overlay(image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
@@ -201,12 +201,18 @@ def overlay(image: ChestImage, result: ModelResult, controls: Controls) -> np.nd
     return draw_outline(rgb, result.heatmap, style=controls.outline)
 
 
-def show_image_facts(image: ChestImage, analysis: Analysis) -> None:
+def show_routing(analysis: Analysis) -> None:
     st.markdown(f"**Modality:** {analysis.modality.describe()}  \n"
                 f"**Task:** {analysis.task or 'none (not classified)'}")
     if analysis.warning:
         st.warning(analysis.warning, icon=":material/warning:")
-    st.table([{"field": key, "value": value} for key, value in image.metadata.items()])
+
+
+def show_metadata(image: ChestImage) -> None:
+    """The safe technical fields the reader kept; open by default for DICOM, whose header has the most to say."""
+    dicom = "Modality" in image.metadata
+    with st.expander("DICOM header (technical fields only)" if dicom else "File details", expanded=dicom):
+        st.table([{"field": key, "value": value} for key, value in image.metadata.items()])
 
 
 def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
@@ -216,7 +222,7 @@ def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls:
     rgb = overlay(image, result, controls)
     label = METHODS[result.method].label if result.method in METHODS else "No heatmap"
     st.image(rgb, caption=f"{label} for {result.explained_class}" if result.heatmap is not None else label,
-             width="stretch")
+             width=OVERLAY_WIDTH)
     positive = result.positive_class
     st.metric("Prediction", result.predicted,
               help=f"{positive} when calibrated P({positive}) >= {result.threshold:.3f}")
@@ -234,7 +240,8 @@ def show_file(session: AnalysisSession, upload: Upload,
     """Everything about one file; a bad file shows its own error and leaves the others alone."""
     st.header(upload.name, divider="gray")
     try:
-        image_column, facts_column = st.columns([1, 2])
+        image_column, facts_column = st.columns([1, 4])
+        routing = facts_column.container()
         with facts_column:
             image = prepared_image(upload)
         image_column.image(image.pixels, caption=f"As analysed ({image.pixels.shape[1]} x {image.pixels.shape[0]})",
@@ -246,8 +253,10 @@ def show_file(session: AnalysisSession, upload: Upload,
     except (ModelLoadError, ExplanationError) as error:
         st.error(f"{upload.name}: could not be analysed: {error}", icon=":material/error:")
         return Analysis(file=upload.name, error=str(error)), {}
+    with routing:
+        show_routing(analysis)
     with facts_column:
-        show_image_facts(image, analysis)
+        show_metadata(image)
     if analysis.task is None:
         st.info("Not classified. Pick a task in the sidebar to run the models anyway.")
         return analysis, {}

@@ -86,6 +86,7 @@ def overlay_images(app: AppTest) -> list[str]:
 def test_start_page_shows_the_disclaimer_and_a_multi_file_uploader(app):
     assert not app.exception
     assert any("not a medical device" in warning.value for warning in app.warning)
+    assert not app.main.markdown, "stray text on the start page (Streamlit magic prints bare module-level literals)"
     uploader = app.file_uploader[0]
     assert uploader.accept_multiple_files
     assert {".png", ".jpg", ".dcm", ".tiff"} <= set(uploader.allowed_type)
@@ -103,8 +104,7 @@ def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_on
     # Both good files render all their task's models; both tasks use the same model names here.
     assert sorted(model_runs) == sorted([c.name for c in cards["xray-pneumonia"]] + [c.name for c in cards["ct-covid"]])
     assert set(columns) == {c.name for c in cards["xray-pneumonia"]}
-    headers = [header.value for header in app.header]
-    assert headers[:3] == ["chest.png", "broken.png", "slice.dcm"]
+    assert [header.value for header in app.main.header] == ["chest.png", "broken.png", "slice.dcm", "Downloads"]
     labels = [metric.value for metric in app.metric]
     assert len(labels) == 4
     assert set(labels[:2]) <= {"NORMAL", "PNEUMONIA"} and set(labels[2:]) <= {"non-COVID", "COVID"}
