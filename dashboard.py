@@ -295,12 +295,12 @@ def show_downloads(analyses: list[Analysis], overlays: dict[str, np.ndarray]) ->
 
 
 def no_models_message(root: Path) -> str:
-    return (f"**No models found in `{root}`.** LungViz looks for `weights/<task>/<name>.keras` files, each with "
-            f"its model card `<name>.json` beside it, for the tasks `xray-pneumonia` and `ct-covid`.\n\n"
-            f"- A fresh clone ships them in `weights/`; if that folder is empty, restore it from the repository "
-            f"(`git checkout -- weights`; large files may need `git lfs pull`).\n"
-            f"- Or train your own with LungViz's training command (see README, \"Training\") and copy the "
-            f"resulting `.keras` and `.json` files into `weights/<task>/`.\n"
+    return (f"**No models found in `{root}`.** LungViz looks for `<task>/<name>.keras` files, each with its "
+            f"model card `<name>.json` beside it, for the tasks `xray-pneumonia` and `ct-covid`.\n\n"
+            f"- A fresh clone ships them in `weights/`; restore an emptied folder with `git checkout -- weights`.\n"
+            f"- Or train them: `scripts/train_models.sh` reproduces every shipped model from the data sets "
+            f"(see README), and `python -m lungviz train --data DIR --task TASK --arch ARCH` trains one into "
+            f"`weights/<task>/`.\n"
             f"- Or point the `LUNGVIZ_WEIGHTS` environment variable at a folder laid out the same way.")
 
 
