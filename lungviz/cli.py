@@ -129,7 +129,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         cards = [c for c in cards if c.name in wanted]
     if not cards:
         raise UsageError(f"no models for task {args.task} in the weights folder")
-    report = evaluate_task(args.task, args.data, [(card, load_model(card)) for card in cards], args.out)
+    try:
+        report = evaluate_task(args.task, args.data, [(card, load_model(card)) for card in cards], args.out)
+    except ValueError as error:  # data set errors: wrong classes, unreadable images
+        raise UsageError(str(error)) from error
     if args.update_cards:
         for card in cards:
             update_card_metrics(card, report)

@@ -55,8 +55,8 @@ def to_model_input(pixels: np.ndarray, input_size: tuple[int, int] | list[int]) 
 
 
 def class_probabilities(raw_output: np.ndarray, card: ModelCard) -> np.ndarray:
-    """Calibrated per-class probabilities from the model's raw output for one image."""
-    return apply_temperature(as_class_probabilities(raw_output, card.head)[0], card.temperature)
+    """Calibrated per-class probabilities, shape (n, classes), from a model's raw outputs."""
+    return apply_temperature(as_class_probabilities(raw_output, card.head), card.temperature)
 
 
 def decide(probabilities: np.ndarray, card: ModelCard) -> str:
@@ -83,8 +83,7 @@ class Classifier:
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, shape (n, classes), for a batch of model inputs."""
-        raw = as_class_probabilities(np.asarray(self.model(batch, training=False)), self.card.head)
-        return apply_temperature(raw, self.card.temperature)
+        return class_probabilities(np.asarray(self.model(batch, training=False)), self.card)
 
     def run(self, pixels: np.ndarray, method: str | None = None, target: str = PREDICTED) -> ModelResult:
         """Classify one image and, when a method is given, explain `target`."""

@@ -23,8 +23,8 @@ def test_model_input_is_stretched_to_the_card_size_in_0_255():
 
 @pytest.mark.parametrize("head, raw", [("softmax", [0.2, 0.8]), ("sigmoid", [0.8])])
 def test_temperature_softens_but_keeps_the_ranking(head, raw):
-    plain = class_probabilities(np.array(raw), _card(head=head))
-    softened = class_probabilities(np.array(raw), _card(head=head, calibration={"temperature": 2.0}))
+    plain = class_probabilities(np.array([raw]), _card(head=head))[0]
+    softened = class_probabilities(np.array([raw]), _card(head=head, calibration={"temperature": 2.0}))[0]
     np.testing.assert_allclose(plain, [0.2, 0.8], atol=1e-9)
     assert softened.sum() == pytest.approx(1.0)
     assert 0.5 < softened[1] < 0.8  # sqrt-odds: 2/3
