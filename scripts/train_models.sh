@@ -11,10 +11,6 @@ PY=${PY:-.venv/bin/python}
 RESUME_FLAG=${RESUME:+--resume}
 export TF_CPP_MIN_LOG_LEVEL=2
 
-# The modality / out-of-distribution gate.
-$PY -m lungviz gate fit --xray "$XRAY" --ct "$CT"
-$PY -m lungviz gate evaluate --xray "$XRAY" --ct "$CT"
-
 # Transfer learning: new head on the frozen ImageNet backbone, then the top 6 blocks fine-tuned.
 # All at 224 x 224: the X-ray images are 224 x 224, so larger native sizes add no detail.
 for task in ct-covid xray-pneumonia; do
@@ -28,4 +24,7 @@ for task in ct-covid xray-pneumonia; do
     --epochs 20 --patience 4 $RESUME_FLAG
   $PY -m lungviz evaluate --task "$task" --data "$data" --out "reports/$task" --update-cards
 done
+# The modality / out-of-distribution gate.
+$PY -m lungviz gate fit --xray "$XRAY" --ct "$CT"
+$PY -m lungviz gate evaluate --xray "$XRAY" --ct "$CT"
 $PY -m lungviz cards --update-readme
