@@ -137,7 +137,7 @@ def sidebar(session: AnalysisSession) -> Controls:
     return Controls(task, tuple(models), method, target, opacity, colormap, outline)
 
 
-def window_control(upload: Upload, image: ChestImage) -> Window:
+def window_control(upload: Upload) -> Window:
     """Preset or custom CT window for this file."""
     presets = [*CT_WINDOWS, CUSTOM_WINDOW]
     preset = st.selectbox("CT window", presets, index=presets.index(DEFAULT_CT_WINDOW),
@@ -161,7 +161,7 @@ def prepared_image(upload: Upload) -> ChestImage:
         frame = st.slider("Frame", 0, image.frame_count - 1, 0, key=f"frame-{upload.key}")
         image = remembered(upload, "images", frame, lambda: load_image(upload.data, upload.name, frame=frame))
     if image.hounsfield is not None:
-        window = window_control(upload, image)
+        window = window_control(upload)
         if window != image.window:
             image = image.with_window(window)
     return image
