@@ -17,15 +17,39 @@ from lungviz.registry import discover, weights_dir
 st.set_page_config(page_title="LungViz model cards", page_icon=":material/description:", layout="wide")
 
 
-def _metric_rows(split: dict[str, Any]) -> list[dict[str, Any]]:
-    """Table rows 'metric, value, 95% CI' for one split of a card's metrics."""
+def _metric_rows(test: dict[str, Any]) -> list[dict[str, Any]]:
+    """Table rows 'metric, value, 95% CI' from a card's test metrics ({metric: {"value", "ci95"}})."""
     rows = []
-    for metric, entry in split.items():
+    for metric, entry in test.items():
         if isinstance(entry, dict) and "value" in entry:
             low, high = entry.get("ci95") or (None, None)
             rows.append({"metric": metric, "value": entry["value"],
                          "95% CI": "-" if low is None else f"{low:.3f} to {high:.3f}"})
     return rows
+
+
+def _evaluation_note(card: ModelCard) -> str:
+    """Where the test metrics come from, in one line: data, class counts, calibration error, interval method."""
+    metrics, parts = card.metrics, []
+    if counts := metrics.get("test_counts"):
+        where = f"{metrics['data_dir']} test split" if metrics.get("data_dir") else "Test split"
+        parts.append(f"{where}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    if metrics.get("ece") is not None:
+        parts.append(f"expected calibration error {metrics['ece']:.3f}")
+    if bootstrap := metrics.get("bootstrap"):
+        parts.append(f"95% CIs by {bootstrap.get('method', '')} bootstrap, {bootstrap.get('resamples', '?')} resamples")
+    return "; ".join(parts)
+
+
+def _confusion_rows(card: ModelCard) -> list[dict[str, Any]]:
+    """[[TN, FP], [FN, TP]] as rows 'true class' x 'called class' (two-class cards only)."""
+    matrix = card.metrics.get("confusion_matrix")
+    if not matrix or len(card.classes) != 2:
+        return []
+    negative = card.classes[1 - card.positive_index]
+    order = [negative, card.positive_class]
+    return [{"true class": truth, **{f"called {called}": matrix[i][j] for j, called in enumerate(order)}}
+            for i, truth in enumerate(order)]
 
 
 def _plain(value: Any) -> str:
@@ -44,16 +68,19 @@ def show_card(card: ModelCard) -> None:
             f"**Calibration:** {card.calibration.get('method', 'none')}, temperature {card.temperature:.3f}  \n"
             f"**File:** {card.file} ({card.file_size_bytes / 1e6:.1f} MB)")
         if card.training:
-            left.markdown("**Training data**")
+            left.markdown("**Training**")
             left.table([{"item": key, "value": _plain(value)} for key, value in card.training.items()])
-        evaluated = {name: _metric_rows(split) for name, split in card.metrics.items() if isinstance(split, dict)}
-        evaluated = {name: rows for name, rows in evaluated.items() if rows}
-        if not evaluated:
+        rows = _metric_rows(card.metrics.get("test", {}))
+        if not rows:
             right.info("Not evaluated yet: this card has no test metrics.")
-        for name, rows in evaluated.items():
-            right.markdown(f"**Metrics on the {name} split**")
+        else:
+            right.markdown("**Test metrics**")
             right.dataframe(rows, hide_index=True,
                             column_config={"value": st.column_config.NumberColumn(format="%.3f")})
+            right.caption(_evaluation_note(card))
+            if confusion := _confusion_rows(card):
+                right.markdown("**Confusion matrix at the threshold (test)**")
+                right.dataframe(confusion, hide_index=True)
         if card.limitations:
             st.markdown("**Limitations**\n" + "\n".join(f"- {item}" for item in card.limitations))
 

@@ -214,7 +214,10 @@ def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_pa
     weights = shutil.copytree(weights_root, tmp_path / "weights")
     card_path = weights / "ct-covid" / "flat-softmax.json"
     card = json.loads(card_path.read_text())
-    card["metrics"] = {"test": {"n": 200, "roc_auc": {"value": 0.9123, "ci95": [0.871, 0.948]}}}
+    card["metrics"] = {"test": {"roc_auc": {"value": 0.9123, "ci95": [0.871, 0.948]}},
+                       "ece": 0.042, "confusion_matrix": [[90, 10], [7, 93]], "data_dir": "sars_cov2_ct",
+                       "test_counts": {"non-COVID": 100, "COVID": 100},
+                       "bootstrap": {"method": "stratified percentile", "resamples": 1000}}
     card["training"] = {"data": "sars_cov2_ct", "split": {"train": 1600, "validation": 400}}
     card_path.write_text(json.dumps(card))
     monkeypatch.setenv(WEIGHTS_ENV, str(weights))
@@ -230,5 +233,8 @@ def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_pa
     metrics = app.dataframe[0].value
     assert list(metrics["metric"]) == ["roc_auc"] and metrics["value"][0] == pytest.approx(0.9123)
     assert "0.871 to 0.948" in metrics.to_string()
-    assert "sars_cov2_ct" in page
+    assert "sars_cov2_ct test split: 100 non-COVID, 100 COVID" in page and "calibration error 0.042" in page
+    confusion = app.dataframe[1].value
+    assert list(confusion.columns) == ["true class", "called non-COVID", "called COVID"]
+    assert confusion.set_index("true class").loc["COVID", "called COVID"] == 93
     assert len(app.info) == 3  # the three cards without metrics say so
