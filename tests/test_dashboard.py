@@ -113,6 +113,10 @@ def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_on
     # Source image plus one overlay per model, for each good file.
     assert len(overlay_images(app)) == 2 * (1 + 2)
     assert "modality unknown" in texts(app)  # no gate in the fixture: the PNG's routing is explained
+    # The progress boxes end complete, with what ran; they contain the progress bar that moved while models ran.
+    assert [(s.state, s.label.split(" ran in")[0]) for s in app.status] == [
+        ("complete", "2 xray-pneumonia model(s)"), ("complete", "2 ct-covid model(s)")]
+    assert all(status.get("progress") for status in app.status)
 
 
 def test_dicom_shows_technical_metadata_never_patient_fields_and_rewindows_without_rereading(app, model_runs):
