@@ -23,13 +23,13 @@ def probability_chart(result: ModelResult) -> go.Figure:
     colours = [POSITIVE_COLOUR if c == result.positive_class else OTHER_COLOUR for c in classes]
     figure = go.Figure(go.Bar(
         x=values, y=classes, orientation="h", marker_color=colours,
-        text=[f"{v:.1%}" for v in values], textposition="auto",
+        text=[f"{v:.1%}" for v in values], textposition="inside", insidetextanchor="start",
         hovertemplate="%{y}: %{x:.3f}<extra></extra>",
     ))
     figure.add_vline(x=result.threshold, line_dash="dash", line_color="black",
                      annotation_text=f"threshold {result.threshold:.2f}", annotation_position="top")
     figure.update_layout(
-        xaxis=dict(range=[0, 1], title="calibrated probability", tickformat=".0%"),
+        xaxis=dict(range=[0, 1.001], dtick=0.25, title="calibrated probability", tickformat=".0%"),
         yaxis=dict(title=None),
         height=220, margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
     )
@@ -53,7 +53,7 @@ def comparison_chart(results: Sequence[ModelResult]) -> go.Figure:
         marker=dict(symbol="line-ew-open", size=40, color="black", line=dict(width=3)),
     ))
     figure.update_layout(
-        yaxis=dict(range=[0, 1], title=f"calibrated P({positive})", tickformat=".0%"),
+        yaxis=dict(range=[0, 1.001], dtick=0.25, title=f"calibrated P({positive})", tickformat=".0%"),
         height=320, margin=dict(l=10, r=10, t=30, b=10),
         legend=dict(orientation="h", y=1.12),
     )

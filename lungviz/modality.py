@@ -46,8 +46,10 @@ class ModalityAssessment:
 
     def describe(self) -> str:
         names = {"xray": "a chest X-ray", "ct": "a chest CT slice", "other": "neither X-ray nor CT", None: "unknown"}
+        if self.source == "none":
+            return "unknown (no DICOM header and no modality gate)"
         if self.score is None:
-            return f"{names[self.predicted]}, from the {self.source}"
+            return f"{names[self.predicted]}, from the {self.source} header"
         return f"{names[self.predicted]}, out-of-distribution score {self.score:.2f}; above 1 means other"
 
 
