@@ -185,7 +185,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown method {args.method!r}; choose from: none, {', '.join(METHODS)}")
     session = AnalysisSession(weights=args.weights)
     wanted = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    session.check_model_names(wanted, None if args.task == "auto" else args.task)
+    try:
+        session.check_model_names(wanted, None if args.task == "auto" else args.task)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     if args.save_heatmaps is not None:
         args.save_heatmaps.mkdir(parents=True, exist_ok=True)
     for file in args.files:

@@ -66,9 +66,7 @@ class AnalysisSession:
         known = {c.name for t, cards in self.cards.items() if task in (None, t) for c in cards}
         unknown = [n for n in names if n not in known]
         if unknown:
-            from lungviz.cli import UsageError
-
-            raise UsageError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(sorted(known)) or 'none'}")
+            raise ValueError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(sorted(known)) or 'none'}")
 
     def classifier(self, card: ModelCard) -> Classifier:
         key = (card.task, card.name)

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from lungviz.images import ChestImage
+from lungviz.modality import ModalityAssessment
+from lungviz.session import AUTO, AnalysisSession
+
+
+@pytest.fixture(scope="module")
+def session(weights_root):
+    return AnalysisSession(weights_root)
+
+
+@pytest.mark.parametrize("modality, requested, task, warns", [
+    ("xray", AUTO, "xray-pneumonia", False),
+    ("ct", AUTO, "ct-covid", False),
+    ("other", AUTO, None, True),
+    (None, AUTO, "xray-pneumonia", True),
+    ("other", "ct-covid", "ct-covid", True),
+    ("xray", "ct-covid", "ct-covid", True),
+    ("ct", "ct-covid", "ct-covid", False),
+])
+def test_routing(session, modality, requested, task, warns):
+    chosen, warning = session.choose_task(ModalityAssessment(modality, 2.0 if modality == "other" else 0.5, "gate"),
+                                          requested)
+    assert chosen == task
+    assert bool(warning) == warns
+
+
+def test_an_image_called_other_is_not_classified_in_auto_mode(session):
+    image = ChestImage(pixels=np.full((96, 96), 0.5, np.float32), name="scan.dcm", metadata={"Modality": "MR"})
+    analysis = session.analyse_image(image)
+    assert analysis.task is None and analysis.results == []
+    assert "does not look like a chest X-ray or chest CT" in analysis.warning
+    forced = session.analyse_image(image, task="xray-pneumonia", method=None)
+    assert [r.name for r in forced.results] == ["flat-softmax", "nested-sigmoid"]
+    assert "was sent to the xray-pneumonia models as asked" in forced.warning
+
+
+def test_progress_is_reported_per_model(session):
+    image = ChestImage(pixels=np.full((96, 96), 0.5, np.float32), name="x.dcm", metadata={"Modality": "CT"})
+    steps = []
+    session.analyse_image(image, models=["nested-sigmoid"], progress=lambda message, step, total: steps.append((step, total)))
+    assert steps == [(0, 1), (1, 1)]
+
+
+def test_models_load_once_per_session(session):
+    card = session.cards["ct-covid"][0]
+    assert session.classifier(card) is session.classifier(card)
