@@ -119,6 +119,12 @@ def load_gate(weights_root: Path) -> ModalityGate | None:
                             float(stats["residual_variance"]), float(stats["threshold"]))
 
 
+def gate_card(weights_root: Path) -> dict[str, Any] | None:
+    """The gate's card (method, threshold, measured rates), or None where none is shipped."""
+    path = Path(weights_root) / GATE_DIR / CARD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def assess_modality(image: ChestImage, gate: ModalityGate | None) -> ModalityAssessment:
     """DICOM header first (it is authoritative), then the gate, else unknown."""
     dicom_modality = image.metadata.get("Modality")

@@ -12,6 +12,7 @@ from typing import Any
 import streamlit as st
 
 from lungviz.cards import ModelCard, ModelCardError
+from lungviz.modality import gate_card
 from lungviz.registry import discover, weights_dir
 
 st.set_page_config(page_title="LungViz model cards", page_icon=":material/description:", layout="wide")
@@ -100,3 +101,13 @@ for task, cards in cards_by_task.items():
         st.header(task)
         for card in cards:
             show_card(card)
+
+gate = gate_card(weights_dir())
+if gate:
+    st.header("Modality gate")
+    st.markdown(f"**Method:** {gate['method']}  \n**Threshold rule:** {gate['threshold_rule']}")
+    if evaluation := gate.get("evaluation"):
+        st.dataframe([{"images": name, "count": rates["images"], "called other": rates["called_other"],
+                       "correct": rates.get("correct", "-")} for name, rates in evaluation.items()],
+                     hide_index=True)
+        st.caption("Test splits of both data sets, and scikit-image's bundled photos, documents and micrographs.")

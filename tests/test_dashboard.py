@@ -224,13 +224,20 @@ def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_pa
                        "bootstrap": {"method": "stratified percentile", "resamples": 1000}}
     card["training"] = {"data": "sars_cov2_ct", "split": {"train": 1600, "validation": 400}}
     card_path.write_text(json.dumps(card))
+    (weights / "gate").mkdir()
+    (weights / "gate" / "gate.json").write_text(json.dumps({
+        "method": "test gate", "threshold_rule": "99.5th percentile",
+        "evaluation": {"xray": {"images": 10, "correct": 1.0, "called_other": 0.0},
+                       "natural": {"images": 24, "called_other": 0.9583}}}))
     monkeypatch.setenv(WEIGHTS_ENV, str(weights))
 
     app = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run()
     app.switch_page("pages/1_Model_cards.py").run()
 
     assert not app.exception
-    assert [h.value for h in app.header] == ["xray-pneumonia", "ct-covid"]
+    assert [h.value for h in app.header] == ["xray-pneumonia", "ct-covid", "Modality gate"]
+    gate_rates = app.dataframe[-1].value.set_index("images")
+    assert gate_rates.loc["natural", "called other"] == pytest.approx(0.9583)
     assert [s.value for s in app.subheader] == ["flat-softmax", "nested-sigmoid"] * 2
     page = texts(app)
     assert "temperature 1.500" in page and "0.400" in page and "untrained test model" in page
