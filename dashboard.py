@@ -36,7 +36,7 @@ from lungviz.registry import ModelLoadError, weights_dir
 from lungviz.session import AUTO, Analysis, AnalysisSession
 
 CUSTOM_WINDOW = "custom"
-OVERLAY_WIDTH = 400  # pixels at most, so that two or three models fit on one screen in a demo
+MIN_COLUMNS = 3  # a lone model still gets a third of the page, not a giant overlay
 ENTRIES_PER_FILE = 4  # decoded frames and analyses kept per uploaded file and user, least recently used dropped
 # (no bare string literals at module level here: Streamlit's "magic" would print them on the page)
 
@@ -222,7 +222,7 @@ def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls:
     rgb = overlay(image, result, controls)
     label = METHODS[result.method].label if result.method in METHODS else "No heatmap"
     st.image(rgb, caption=f"{label} for {result.explained_class}" if result.heatmap is not None else label,
-             width=OVERLAY_WIDTH)
+             width="stretch")
     positive = result.positive_class
     st.metric("Prediction", result.predicted,
               help=f"{positive} when calibrated P({positive}) >= {result.threshold:.3f}")
@@ -264,7 +264,7 @@ def show_file(session: AnalysisSession, upload: Upload,
         st.info(f"No {analysis.task} model is selected in the sidebar.")
         return analysis, {}
     overlays = {}
-    for column, result in zip(st.columns(len(analysis.results)), analysis.results):
+    for column, result in zip(st.columns(max(len(analysis.results), MIN_COLUMNS)), analysis.results):
         with column:
             overlays[f"{upload.stem}__{result.name}.png"] = show_model(upload, image, result, controls)
     st.markdown(f"**All models on {upload.name}**")

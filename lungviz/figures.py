@@ -29,7 +29,7 @@ def probability_chart(result: ModelResult) -> go.Figure:
     figure.add_vline(x=result.threshold, line_dash="dash", line_color="black",
                      annotation_text=f"threshold {result.threshold:.2f}", annotation_position="top")
     figure.update_layout(
-        xaxis=dict(range=[0, 1.001], dtick=0.25, title="calibrated probability", tickformat=".0%"),
+        xaxis=dict(range=[0, 1.04], dtick=0.25, title="calibrated probability", tickformat=".0%"),
         yaxis=dict(title=None),
         height=220, margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
     )
@@ -53,7 +53,7 @@ def comparison_chart(results: Sequence[ModelResult]) -> go.Figure:
         marker=dict(symbol="line-ew-open", size=40, color="black", line=dict(width=3)),
     ))
     figure.update_layout(
-        yaxis=dict(range=[0, 1.001], dtick=0.25, title=f"calibrated P({positive})", tickformat=".0%"),
+        yaxis=dict(range=[0, 1.04], dtick=0.25, title=f"calibrated P({positive})", tickformat=".0%"),
         height=320, margin=dict(l=10, r=10, t=30, b=10),
         legend=dict(orientation="h", y=1.12),
     )

@@ -49,7 +49,7 @@ class ModalityAssessment:
         if self.source == "none":
             return "unknown (no DICOM header and no modality gate)"
         if self.score is None:
-            return f"{names[self.predicted]}, from the {self.source} header"
+            return f"{names[self.predicted]}, from the DICOM header"
         return f"{names[self.predicted]}, out-of-distribution score {self.score:.2f}; above 1 means other"
 
 

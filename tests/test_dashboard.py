@@ -125,7 +125,7 @@ def test_dicom_shows_technical_metadata_never_patient_fields_and_rewindows_witho
     assert "CHEST" in page and "0.7" in page and "lung (center -600, width 1500)" in page
     leaked = [keyword for keyword, value in PHI.items() if value in page or value.split("^")[0] in page]
     assert not leaked
-    assert "a chest CT slice, from the dicom header" in page and "ct-covid" in page
+    assert "a chest CT slice, from the DICOM header" in page and "ct-covid" in page
 
     window = next(select for select in app.main.selectbox if select.label == "CT window")
     assert window.value == "lung" and len(window.options) == 4  # three presets and custom
