@@ -268,8 +268,15 @@ class _Run:
             self.new_stage()
         self.state["plan"] = [asdict(stage) for stage in stages]
 
-    def new_stage(self) -> None:
+    def new_stage(self, carry_best: bool = False) -> None:
+        """Reset per-stage progress; with carry_best the next stage must beat this one's best to count.
+
+        Early stopping then spans stages: fine-tuning that never beats the frozen
+        backbone's head on validation leaves the stage-1 weights in place.
+        """
+        best = {key: self.state.get(key) for key in ("best", "best_loss")} if carry_best else {}
         self.state.update(epoch=0, best=None, best_loss=None, best_epoch=0, epoch_seconds=[])
+        self.state.update(best)
 
     def save_state(self) -> None:
         temporary = self.dir / (STATE_FILE + ".tmp")
@@ -311,6 +318,8 @@ def _fit_stage(model: keras.Model, built: BuiltModel, stage: Stage, run: _Run, t
         if run.state["epoch"] == 0 or model.optimizer is None:
             _set_trainable(model, built, stage, config.finetune_blocks)
             _compile(model, stage.learning_rate)
+        if run.state["epoch"] == 0 and run.state["best"] is not None:
+            model.save_weights(run.dir / BEST_WEIGHTS)  # the previous stage's best, kept unless beaten
         callbacks.insert(0, keras.callbacks.ModelCheckpoint(str(run.dir / LAST_CHECKPOINT)))
         data = dict(x=datasets.training_dataset(train, config.batch_size, seed=config.seed, augment=config.augment),
                     validation_data=datasets.evaluation_dataset(val, config.batch_size), shuffle=False)
@@ -319,8 +328,10 @@ def _fit_stage(model: keras.Model, built: BuiltModel, stage: Stage, run: _Run, t
              run.state["epoch"] + 1, stage.epochs)
     fitted.fit(**data, epochs=stage.epochs, initial_epoch=run.state["epoch"], class_weight=class_weights,
                callbacks=callbacks, verbose=config.verbose)
-    if run.state["best_epoch"]:
+    if run.state["best_epoch"] or not stage.on_features:
         fitted.load_weights(run.dir / BEST_WEIGHTS)
+    if not run.state["best_epoch"]:
+        log.info("stage %s: never beat the previous stage on %s; keeping its weights", stage.name, config.monitor)
 
 
 def _stage_record(stage: Stage, state: dict[str, Any], monitor: str) -> dict[str, Any]:
@@ -426,7 +437,7 @@ def _train(config: TrainConfig, stages: list[Stage], run: _Run) -> TrainResult:
         run.state["finished"].append(_stage_record(stage, run.state, config.monitor))
         model.save(run.dir / LAST_CHECKPOINT)
         run.state["stage"] = index + 1
-        run.new_stage()
+        run.new_stage(carry_best=True)
         run.save_state()
 
     import tensorflow as tf

@@ -139,3 +139,23 @@ def test_stage_plan_follows_the_architecture(tmp_path, architecture, epochs, exp
 def test_bad_configs_are_training_errors(tmp_path, change, message):
     with pytest.raises(TrainingError, match=message):
         _config(tmp_path, tmp_path, **change)
+
+
+def test_fine_tuning_that_never_beats_the_head_keeps_the_head_weights(data_dir, tmp_path, monkeypatch):
+    """Early stopping spans the stages: a stage-2 that only gets worse on validation changes nothing."""
+    snapshots = {}
+    original_fit_stage = training._fit_stage
+
+    def recording_fit_stage(model, built, stage, *args):
+        original_fit_stage(model, built, stage, *args)
+        snapshots[stage.name] = [np.array(w) for w in model.get_weights()]
+
+    monkeypatch.setattr(training, "_fit_stage", recording_fit_stage)
+    # A learning rate of 50 wrecks the weights at once, so no fine-tuning epoch can beat the head.
+    result = train(_config(data_dir, tmp_path, architecture="efficientnet_lite0", head_epochs=4, epochs=2,
+                           learning_rate=50.0, finetune_blocks=1, patience=2))
+    head, finetune = result.stages
+    assert finetune["best_epoch"] == 0 and finetune["epochs_run"] == 2
+    assert finetune["best_val_auc"] == head["best_val_auc"]
+    for kept, after_head in zip(snapshots["finetune"], snapshots["head"]):
+        np.testing.assert_array_equal(kept, after_head)
