@@ -14,7 +14,7 @@ export TF_CPP_MIN_LOG_LEVEL=2
 # Transfer learning: new head on the frozen ImageNet backbone, then the top 6 blocks fine-tuned.
 # All at 224 x 224: the X-ray images are 224 x 224, so larger native sizes add no detail.
 for task in ct-covid xray-pneumonia; do
-  if [ "$task" = ct-covid ]; then data=$CT; epochs=10; patience=3; else data=$XRAY; epochs=6; patience=2; fi
+  if [ "$task" = ct-covid ]; then data=$CT; epochs=10; patience=3; else data=$XRAY; epochs=6; patience=3; fi
   for arch in efficientnet_lite0 efficientnet_lite1 efficientnet_lite2; do
     $PY -m lungviz train --data "$data" --task "$task" --arch "$arch" --head-epochs 30 \
       --epochs "$epochs" --finetune-blocks 6 --patience "$patience" $RESUME_FLAG
