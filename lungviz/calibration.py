@@ -59,6 +59,11 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
     return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
+def calibrated_probabilities(raw_output: np.ndarray, head: str, temperature: float) -> np.ndarray:
+    """Per-class probabilities (n, classes) from a model's raw outputs, scaled by the card's temperature."""
+    return apply_temperature(as_class_probabilities(raw_output, head), temperature)
+
+
 def _check(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels).astype(int).reshape(-1)

@@ -118,13 +118,10 @@ README_END = "<!-- model-table:end -->"
 
 
 def _metric(card: ModelCard, key: str) -> str:
-    """'0.934 (0.915-0.951)' from a card's test metrics, or '-' when not evaluated."""
-    value = card.metrics.get("test", {}).get(key)
-    if not isinstance(value, dict) or value.get("value") is None:
-        return "-"
-    low, high = value.get("ci95", [None, None])
-    interval = f" ({low:.3f}-{high:.3f})" if low is not None else ""
-    return f"{value['value']:.3f}{interval}"
+    """A card's test metric with its interval, or '-' when not evaluated."""
+    from lungviz.metrics import format_with_ci
+
+    return format_with_ci(card.metrics.get("test", {}).get(key))
 
 
 def markdown_table(cards_by_task: dict[str, list[ModelCard]]) -> str:

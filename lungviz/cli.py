@@ -58,7 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--head-epochs", type=int, default=30, help="stage 1: new head on the frozen backbone")
     train.add_argument("--epochs", type=int, default=15, help="stage 2 fine-tuning (or the whole from-scratch run)")
     train.add_argument("--lr", type=float, default=None, help="stage 2 learning rate (default 1e-4, scratch 1e-3)")
-    train.add_argument("--finetune-blocks", default="2", help="top backbone blocks to fine-tune, or 'all'")
+    train.add_argument("--finetune-blocks", type=_blocks, default=2, help="top backbone blocks to fine-tune, or 'all'")
     train.add_argument("--patience", type=int, default=4, help="early stopping patience on validation AUC")
     train.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     train.add_argument("--imagenet-weights", type=Path, default=None,
@@ -97,13 +97,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
     _require_folder(args.data, "data")
     name = args.name or args.arch.replace("_", "-")
-    blocks = args.finetune_blocks if args.finetune_blocks == "all" else int(args.finetune_blocks)
     try:
         config = TrainConfig(
             task=args.task, data_dir=args.data, architecture=args.arch, name=name,
             run_dir=args.run_dir or Path("runs") / args.task / name, export_dir=args.out or weights_dir() / args.task,
             input_size=(args.input_size, args.input_size), batch_size=args.batch_size, head_epochs=args.head_epochs,
-            epochs=args.epochs, learning_rate=args.lr, finetune_blocks=blocks, patience=args.patience,
+            epochs=args.epochs, learning_rate=args.lr, finetune_blocks=args.finetune_blocks, patience=args.patience,
             augment=not args.no_augment, imagenet_weights=args.imagenet_weights, seed=args.seed, resume=args.resume,
             command="python -m lungviz " + shlex.join(args.argv))
         result = train(config)
@@ -117,21 +116,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from lungviz.evaluation import evaluate_task, summary_markdown, update_card_metrics
-    from lungviz.registry import discover, load_model
+    from lungviz.registry import ModelLoadError, load_model, select_cards
 
     _require_folder(args.data, "data")
-    cards = discover(args.weights)[args.task]
-    if args.models:
-        wanted = [m.strip() for m in args.models.split(",")]
-        unknown = sorted(set(wanted) - {c.name for c in cards})
-        if unknown:
-            raise UsageError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(c.name for c in cards)}")
-        cards = [c for c in cards if c.name in wanted]
-    if not cards:
-        raise UsageError(f"no models for task {args.task} in the weights folder")
+    session = _session(args.weights)
     try:
+        cards = select_cards(session.cards[args.task], _names(args.models))
+        if not cards:
+            raise UsageError(f"no models for task {args.task} in {session.root}")
         report = evaluate_task(args.task, args.data, [(card, load_model(card)) for card in cards], args.out)
-    except ValueError as error:  # data set errors: wrong classes, unreadable images
+    except (ValueError, ModelLoadError) as error:  # unknown models, broken files, data set errors
         raise UsageError(str(error)) from error
     if args.update_cards:
         for card in cards:
@@ -150,15 +144,18 @@ def _run_gate(args: argparse.Namespace) -> int:
     data_dirs = {"xray": args.xray, "ct": args.ct}
     for folder in data_dirs.values():
         _require_folder(folder, "data")
-    if args.action == "fit":
-        report = modality.train_gate(data_dirs, root / modality.GATE_DIR)
-    else:
-        gate = modality.load_gate(root)
-        if gate is None:
-            raise UsageError(f"no gate in {root / modality.GATE_DIR}; run 'gate fit' first")
-        report = modality.evaluate_gate(gate, data_dirs)
-        card_path = root / modality.GATE_DIR / modality.CARD_FILE
-        card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "evaluation": report}, indent=2) + "\n")
+    try:
+        if args.action == "fit":
+            report = modality.train_gate(data_dirs, root / modality.GATE_DIR)
+        else:
+            gate, card = modality.load_gate(root), modality.gate_card(root)
+            if gate is None or card is None:
+                raise UsageError(f"no gate in {root / modality.GATE_DIR}; run 'gate fit' first")
+            report = modality.evaluate_gate(gate, data_dirs)
+            (root / modality.GATE_DIR / modality.CARD_FILE).write_text(
+                json.dumps({**card, "evaluation": report}, indent=2) + "\n")
+    except ValueError as error:  # data set errors
+        raise UsageError(str(error)) from error
     print(json.dumps(report, indent=2))
     return 0
 
@@ -167,35 +164,72 @@ def _run_cards(args: argparse.Namespace) -> int:
     from lungviz.cards import markdown_table, replace_readme_table
     from lungviz.registry import DEFAULT_WEIGHTS_DIR, discover
 
-    table = markdown_table(discover(args.weights))
-    if args.update_readme:
-        readme = DEFAULT_WEIGHTS_DIR.parent / "README.md"
-        readme.write_text(replace_readme_table(readme.read_text(), table))
+    if args.update_readme and args.weights is not None:
+        raise UsageError("--update-readme documents the shipped models; it cannot be used with --weights")
+    try:
+        table = markdown_table(discover(args.weights))
+        if args.update_readme:
+            readme = DEFAULT_WEIGHTS_DIR.parent / "README.md"
+            readme.write_text(replace_readme_table(readme.read_text(), table))
+    except ValueError as error:  # a broken card, or README without the table markers
+        raise UsageError(str(error)) from error
     print(table)
     return 0
 
 
-def _run_predict(args: argparse.Namespace) -> int:
+def _blocks(value: str) -> int | str:
+    """--finetune-blocks: a non-negative count or 'all'."""
+    if value == "all":
+        return value
+    if value.isdigit():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', not {value!r}")
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [name.strip() for name in value.split(",") if name.strip()] if value else None
+
+
+def _session(weights: Path | None):
+    """The registry's models, or a usage error that says why there are none."""
+    from lungviz.registry import weights_dir
     from lungviz.session import AnalysisSession
 
+    root = weights or weights_dir()
+    if not root.is_dir():
+        raise UsageError(f"weights folder {root} does not exist")
+    try:
+        session = AnalysisSession(weights=root)
+    except ValueError as error:  # a broken model card
+        raise UsageError(str(error)) from error
+    if not session.tasks:
+        raise UsageError(f"no models in {root} (expected <task>/<name>.keras with <name>.json beside it)")
+    return session
+
+
+def _run_predict(args: argparse.Namespace) -> int:
     from lungviz.explanations import METHODS
 
     method = None if args.method == "none" else args.method
     if method is not None and method not in METHODS:
         raise UsageError(f"unknown method {args.method!r}; choose from: none, {', '.join(METHODS)}")
-    session = AnalysisSession(weights=args.weights)
-    wanted = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    session = _session(args.weights)
+    wanted = _names(args.models)
     try:
-        session.check_model_names(wanted, None if args.task == "auto" else args.task)
+        session.check_request(wanted, args.task, args.target)
     except ValueError as error:
         raise UsageError(str(error)) from error
     if args.save_heatmaps is not None:
         args.save_heatmaps.mkdir(parents=True, exist_ok=True)
-    for file in args.files:
+    written: set[str] = set()
+    for index, file in enumerate(args.files):
         record, overlays = session.analyse_path(
             file, task=args.task, models=wanted, method=method, target=args.target,
             want_overlays=args.save_heatmaps is not None)
         for filename, png in overlays.items():
+            if filename in written:  # two inputs with the same stem: keep both
+                filename = f"{index:03d}-{filename}"
+            written.add(filename)
             (args.save_heatmaps / filename).write_bytes(png)
         print(_format(record, as_json=args.json), flush=True)
     return 0

@@ -22,7 +22,7 @@ import numpy as np
 from lungviz import metrics
 from lungviz.calibration import THRESHOLD_RULE, apply_temperature, as_class_probabilities, choose_threshold
 from lungviz.cards import TASKS, ModelCard
-from lungviz.datasets import SplitData, dataset_classes, iterate_batches, load_split
+from lungviz.datasets import SplitData, iterate_batches, load_split
 
 ENSEMBLE = "ensemble"
 EVALUATION_BATCH_SIZE = 32
@@ -88,8 +88,6 @@ def evaluate_task(task: str, data_dir: Path, models: Sequence[tuple[ModelCard, A
     """
     classes = _check_models(task, models)
     data_dir = Path(data_dir)
-    if dataset_classes(data_dir, task) != classes:
-        raise EvaluationError(f"{data_dir} does not hold the classes of {task}")
     positive = classes.index(TASKS[task][1])
     splits: dict[tuple[str, tuple[int, int]], SplitData] = {}
 
@@ -156,11 +154,6 @@ def _results(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def _cell(value: dict[str, Any]) -> str:
-    low, high = value["ci95"]
-    return f"{value['value']:.3f} ({low:.3f}-{high:.3f})"
-
-
 def summary_markdown(report: dict[str, Any]) -> str:
     """One row per model (and the ensemble): the headline metrics with their 95% intervals."""
     counts = ", ".join(f"{n} {name}" for name, n in report["test_counts"].items())
@@ -170,7 +163,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
              "| model | threshold | " + " | ".join(SUMMARY_METRICS) + " | ECE |",
              "|---|---:|" + "---|" * len(SUMMARY_METRICS) + "---:|"]
     for name, entry in _results(report).items():
-        cells = " | ".join(_cell(entry["metrics"][m]) for m in SUMMARY_METRICS)
+        cells = " | ".join(metrics.format_with_ci(entry["metrics"][m]) for m in SUMMARY_METRICS)
         lines.append(f"| {name} | {entry['threshold']:.3f} | {cells} | {entry['ece']:.3f} |")
     return "\n".join(lines) + "\n"
 

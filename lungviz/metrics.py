@@ -173,3 +173,12 @@ def reliability(is_positive: np.ndarray, p_positive: np.ndarray, bins: int = REL
         "fraction_positive": [float(v) if f else None for v, f in zip(observed, filled)],
         "ece": ece,
     }
+
+
+def format_with_ci(entry: dict) -> str:
+    """'0.934 (0.915-0.951)' for a {"value", "ci95"} entry, '-' when it has no value."""
+    if not isinstance(entry, dict) or entry.get("value") is None:
+        return "-"
+    low, high = entry.get("ci95") or (None, None)
+    interval = f" ({low:.3f}-{high:.3f})" if low is not None else ""
+    return f"{entry['value']:.3f}{interval}"

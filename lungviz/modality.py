@@ -29,7 +29,8 @@ EMBEDDING_FILE = "embedding.keras"
 STATS_FILE = "gate.npz"
 CARD_FILE = "gate.json"
 INPUT_SIZE = (224, 224)
-DICOM_MODALITIES = {"CR": "xray", "DX": "xray", "DR": "xray", "RG": "xray", "CT": "ct"}
+UNSPECIFIED_DICOM_MODALITIES = {"", "OT", "SC"}
+"""DICOM Modality values that say nothing about the picture (other, secondary capture): the gate decides."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,11 @@ def gate_card(weights_root: Path) -> dict[str, Any] | None:
 
 
 def assess_modality(image: ChestImage, gate: ModalityGate | None) -> ModalityAssessment:
-    """DICOM header first (it is authoritative), then the gate, else unknown."""
-    dicom_modality = image.metadata.get("Modality")
-    if dicom_modality:
-        return ModalityAssessment(DICOM_MODALITIES.get(dicom_modality, "other"), None, "dicom")
+    """A DICOM header that names the modality first (it is authoritative), then the gate, else unknown."""
+    if image.modality_hint is not None:
+        return ModalityAssessment(image.modality_hint, None, "dicom")
+    if image.metadata.get("Modality", "").strip().upper() not in UNSPECIFIED_DICOM_MODALITIES:
+        return ModalityAssessment("other", None, "dicom")  # MR, US, NM...: not a chest X-ray or CT
     if gate is None:
         return ModalityAssessment(None, None, "none")
     return gate.assess(image.pixels)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lungviz import datasets
-from lungviz.calibration import apply_temperature, as_class_probabilities
+from lungviz.calibration import apply_temperature, calibrated_probabilities
 from lungviz.cards import ModelCard
 from lungviz.explanations import get_explainer, resize_heatmap
 
@@ -54,11 +54,6 @@ def to_model_input(pixels: np.ndarray, input_size: tuple[int, int] | list[int]) 
     return datasets.to_model_input(stretched[None] * 255.0)
 
 
-def class_probabilities(raw_output: np.ndarray, card: ModelCard) -> np.ndarray:
-    """Calibrated per-class probabilities, shape (n, classes), from a model's raw outputs."""
-    return apply_temperature(as_class_probabilities(raw_output, card.head), card.temperature)
-
-
 def decide(probabilities: np.ndarray, card: ModelCard) -> str:
     """The card's decision rule: threshold on P(positive) for two classes, else argmax."""
     if len(card.classes) == 2:
@@ -83,7 +78,8 @@ class Classifier:
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, shape (n, classes), for a batch of model inputs."""
-        return class_probabilities(np.asarray(self.model(batch, training=False)), self.card)
+        return calibrated_probabilities(np.asarray(self.model(batch, training=False)), self.card.head,
+                                        self.card.temperature)
 
     def run(self, pixels: np.ndarray, method: str | None = None, target: str = PREDICTED) -> ModelResult:
         """Classify one image and, when a method is given, explain `target`."""

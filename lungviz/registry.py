@@ -43,14 +43,15 @@ def discover(root: Path | None = None) -> dict[str, list[ModelCard]]:
     return found
 
 
-def find_card(task: str, name: str, root: Path | None = None) -> ModelCard:
-    """The card of model `name` in `task`, with a message listing the choices otherwise."""
-    cards = discover(root).get(task, [])
-    for card in cards:
-        if card.name == name:
-            return card
-    choices = ", ".join(c.name for c in cards) or "none"
-    raise ModelCardError(f"no model {name!r} for task {task!r} (available: {choices})")
+def select_cards(cards: list[ModelCard], names: list[str] | None) -> list[ModelCard]:
+    """The cards named (all when names is None), in registry order; unknown names are an error listing the choices."""
+    if names is None:
+        return list(cards)
+    known = [card.name for card in cards]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ModelCardError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(known) or 'none'}")
+    return [card for card in cards if card.name in names]
 
 
 def load_model(card: ModelCard):

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from lungviz.cards import TASK_MODALITY, TASKS, ModelCard
+from lungviz.explanations import ExplanationError
 from lungviz.export import file_record, png_bytes
 from lungviz.images import ChestImage, ImageInputError, load_image
 from lungviz.modality import ModalityAssessment, assess_modality, load_gate
 from lungviz.overlay import draw_outline, overlay_heatmap
 from lungviz.prediction import PREDICTED, Classifier, ModelResult
-from lungviz.registry import discover, load_model, weights_dir
+from lungviz.registry import ModelLoadError, discover, load_model, select_cards, weights_dir
 
 AUTO = "auto"
 ProgressCallback = Callable[[str, int, int], None]
@@ -59,14 +60,13 @@ class AnalysisSession:
         """Tasks that have at least one model."""
         return [task for task, cards in self.cards.items() if cards]
 
-    def check_model_names(self, names: Sequence[str] | None, task: str | None) -> None:
-        """Raise ValueError naming the unknown models and the known ones."""
-        if not names:
-            return
-        known = {c.name for t, cards in self.cards.items() if task in (None, t) for c in cards}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(sorted(known)) or 'none'}")
+    def check_request(self, models: Sequence[str] | None, task: str = AUTO, target: str = PREDICTED) -> None:
+        """Raise ValueError for model names or a class to explain that the chosen task(s) do not have."""
+        cards = [card for t in (self.tasks if task == AUTO else [task]) for card in self.cards.get(t, [])]
+        select_cards(list({card.name: card for card in cards}.values()), list(models) if models else None)
+        classes = list(dict.fromkeys(c for card in cards for c in card.classes))
+        if target != PREDICTED and target not in classes:
+            raise ValueError(f"cannot explain class {target!r}; choose from {PREDICTED}, {', '.join(classes)}")
 
     def classifier(self, card: ModelCard) -> Classifier:
         key = (card.task, card.name)
@@ -119,7 +119,11 @@ class AnalysisSession:
             if progress:
                 progress(f"{card.name}: loading and running", step, len(cards))
             wanted = target if target == PREDICTED or target in card.classes else PREDICTED
-            analysis.results.append(self.classifier(card).run(image.pixels, method, wanted))
+            try:
+                analysis.results.append(self.classifier(card).run(image.pixels, method, wanted))
+            except (ModelLoadError, ExplanationError) as error:  # a broken model: say so, keep the others
+                failure = f"model {card.name} could not run: {error}"
+                analysis.warning = f"{analysis.warning}; {failure}" if analysis.warning else failure
         if progress:
             progress("done", len(cards), len(cards))
         return analysis

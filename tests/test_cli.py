@@ -69,6 +69,8 @@ def test_model_selection_and_heatmaps_on_disk(weights_root, inputs, tmp_path, ca
     (["--models", "resnet"], "unknown model(s) resnet"),
     (["--method", "occlusion"], "unknown method 'occlusion'"),
     (["--task", "mri"], "invalid choice: 'mri'"),
+    (["--task", "ct-covid", "--target", "PNEUMONIA"], "cannot explain class 'PNEUMONIA'"),
+    (["--weights", "/no/such/weights"], "weights folder /no/such/weights does not exist"),
 ])
 def test_usage_errors_exit_2_with_a_message(weights_root, inputs, capsys, arguments, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -93,3 +95,31 @@ def test_module_entry_point_never_prints_a_traceback(weights_root, tmp_path):
     assert "Traceback" not in done.stderr + done.stdout
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert record["file"] == str(bad) and record["error"]
+
+
+def test_empty_weights_folder_is_a_usage_error(inputs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", inputs[0], "--weights", str(tmp_path)])
+    assert exit_info.value.code == 2 and "no models in" in capsys.readouterr().err
+
+
+def test_inputs_with_the_same_stem_keep_both_heatmaps(weights_root, tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    files = [str(_chest_png(first / "chest.png")), str(_chest_png(second / "chest.png", (150, 200)))]
+    out = tmp_path / "heatmaps"
+    main(["predict", *files, "--task", "ct-covid", "--models", "flat-softmax", "--save-heatmaps", str(out),
+          "--weights", str(weights_root)])
+    assert sorted(p.name for p in out.glob("*.png")) == ["001-chest__flat-softmax.png", "chest__flat-softmax.png"]
+    assert Image.open(out / "001-chest__flat-softmax.png").size == (200, 150)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["train", "--data", ".", "--task", "ct-covid", "--arch", "simple_cnn", "--finetune-blocks", "two"],
+     "expected a number of blocks or 'all'"),
+    (["cards", "--update-readme", "--weights", "."], "cannot be used with --weights"),
+])
+def test_other_commands_report_bad_arguments_without_a_traceback(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

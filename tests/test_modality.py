@@ -51,12 +51,15 @@ def test_assessment_uses_the_embedding_and_the_threshold():
     assert middle.predicted == "other" and middle.score > 1 and middle.source == "gate"
 
 
-@pytest.mark.parametrize("dicom_modality, expected", [("CT", "ct"), ("DX", "xray"), ("CR", "xray"), ("MR", "other")])
-def test_dicom_header_is_trusted_before_the_gate(dicom_modality, expected):
-    image = ChestImage(pixels=np.zeros((64, 64), np.float32), name="x.dcm", modality_hint=None,
+@pytest.mark.parametrize("hint, dicom_modality, expected, source", [
+    ("ct", "CT", "ct", "dicom"), ("xray", "DX", "xray", "dicom"), (None, "MR", "other", "dicom"),
+    (None, "us", "other", "dicom"), (None, "OT", None, "none"), (None, "SC", None, "none"),
+])
+def test_dicom_header_is_trusted_before_the_gate(hint, dicom_modality, expected, source):
+    image = ChestImage(pixels=np.zeros((64, 64), np.float32), name="x.dcm", modality_hint=hint,
                        metadata={"Modality": dicom_modality})
     assessment = assess_modality(image, gate=None)
-    assert (assessment.predicted, assessment.source) == (expected, "dicom")
+    assert (assessment.predicted, assessment.source) == (expected, source)
 
 
 def test_without_gate_or_header_the_modality_is_unknown():

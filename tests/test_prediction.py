@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from lungviz.cards import ModelCard
-from lungviz.prediction import PREDICTED, Classifier, class_probabilities, decide, to_model_input
+from lungviz.calibration import calibrated_probabilities
+from lungviz.prediction import PREDICTED, Classifier, decide, to_model_input
 from lungviz.registry import discover, load_model
 
 
@@ -23,8 +24,8 @@ def test_model_input_is_stretched_to_the_card_size_in_0_255():
 
 @pytest.mark.parametrize("head, raw", [("softmax", [0.2, 0.8]), ("sigmoid", [0.8])])
 def test_temperature_softens_but_keeps_the_ranking(head, raw):
-    plain = class_probabilities(np.array([raw]), _card(head=head))[0]
-    softened = class_probabilities(np.array([raw]), _card(head=head, calibration={"temperature": 2.0}))[0]
+    plain = calibrated_probabilities(np.array([raw]), head, _card(head=head).temperature)[0]
+    softened = calibrated_probabilities(np.array([raw]), head, _card(head=head, calibration={"temperature": 2.0}).temperature)[0]
     np.testing.assert_allclose(plain, [0.2, 0.8], atol=1e-9)
     assert softened.sum() == pytest.approx(1.0)
     assert 0.5 < softened[1] < 0.8  # sqrt-odds: 2/3

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lungviz.cards import TASKS, ModelCardError
-from lungviz.registry import ModelLoadError, discover, find_card, load_model
+from lungviz.registry import ModelLoadError, discover, load_model, select_cards
 
 
 def test_discovers_every_card_by_task(weights_root):
@@ -23,9 +23,17 @@ def test_loads_models_that_match_their_cards(weights_root, name):
     assert output.shape == (1, 1 if card.head == "sigmoid" else 2)
 
 
-def test_unknown_model_lists_the_available_ones(weights_root):
+def find_card(task, name, root):
+    (card,) = select_cards(discover(root)[task], [name])
+    return card
+
+
+def test_selection_keeps_registry_order_and_lists_the_choices_for_unknown_names(weights_root):
+    cards = discover(weights_root)["xray-pneumonia"]
+    assert select_cards(cards, None) == cards
+    assert [c.name for c in select_cards(cards, ["nested-sigmoid", "flat-softmax"])] == ["flat-softmax", "nested-sigmoid"]
     with pytest.raises(ModelCardError, match="available: flat-softmax, nested-sigmoid"):
-        find_card("xray-pneumonia", "densenet", weights_root)
+        select_cards(cards, ["densenet"])
 
 
 def test_card_in_the_wrong_task_folder_is_an_error(weights_root, tmp_path):

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,8 @@ def test_an_image_called_other_is_not_classified_in_auto_mode(session):
 
 
 def test_progress_is_reported_per_model(session):
-    image = ChestImage(pixels=np.full((96, 96), 0.5, np.float32), name="x.dcm", metadata={"Modality": "CT"})
+    image = ChestImage(pixels=np.full((96, 96), 0.5, np.float32), name="x.dcm", modality_hint="ct",
+                       metadata={"Modality": "CT"})
     steps = []
     session.analyse_image(image, models=["nested-sigmoid"], progress=lambda message, step, total: steps.append((step, total)))
     assert steps == [(0, 1), (1, 1)]
@@ -47,3 +50,13 @@ def test_progress_is_reported_per_model(session):
 def test_models_load_once_per_session(session):
     card = session.cards["ct-covid"][0]
     assert session.classifier(card) is session.classifier(card)
+
+
+@pytest.mark.parametrize("models, task, target, message", [
+    (["resnet"], AUTO, "predicted", "unknown model(s) resnet"),
+    (None, "ct-covid", "PNEUMONIA", "cannot explain class 'PNEUMONIA'"),
+])
+def test_requests_the_models_cannot_serve_are_refused(session, models, task, target, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        session.check_request(models, task, target)
+    session.check_request(["flat-softmax"], task, "predicted")  # a valid request passes
