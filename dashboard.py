@@ -195,8 +195,6 @@ def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, control
 
 
 def overlay(image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
-    if result.heatmap is None:
-        return overlay_heatmap(image.pixels, np.zeros_like(image.pixels), opacity=0.0, colormap=controls.colormap)
     rgb = overlay_heatmap(image.pixels, result.heatmap, opacity=controls.opacity, colormap=controls.colormap)
     return draw_outline(rgb, result.heatmap, style=controls.outline)
 
@@ -220,9 +218,7 @@ def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls:
     st.subheader(result.name)
     st.caption(result.architecture)
     rgb = overlay(image, result, controls)
-    label = METHODS[result.method].label if result.method in METHODS else "No heatmap"
-    st.image(rgb, caption=f"{label} for {result.explained_class}" if result.heatmap is not None else label,
-             width="stretch")
+    st.image(rgb, caption=f"{METHODS[result.method].label} for {result.explained_class}", width="stretch")
     positive = result.positive_class
     st.metric("Prediction", result.predicted,
               help=f"{positive} when calibrated P({positive}) >= {result.threshold:.3f}")
@@ -253,6 +249,10 @@ def show_file(session: AnalysisSession, upload: Upload,
     except (ModelLoadError, ExplanationError) as error:
         st.error(f"{upload.name}: could not be analysed: {error}", icon=":material/error:")
         return Analysis(file=upload.name, error=str(error)), {}
+    except Exception as error:  # anything unforeseen (the gate, TensorFlow) stops this file only, not the page
+        message = f"{type(error).__name__}: {error}"
+        st.error(f"{upload.name}: could not be analysed: {message}", icon=":material/error:")
+        return Analysis(file=upload.name, error=message), {}
     with routing:
         show_routing(analysis)
     with facts_column:

@@ -119,6 +119,28 @@ def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_on
     assert all(status.get("progress") for status in app.status)
 
 
+def test_an_unexpected_failure_names_its_file_and_the_next_file_still_renders(app, monkeypatch):
+    """A failure nobody foresaw (here inside a model run) is one file's error message, not a traceback."""
+    failing_shape = (240, 200)
+    original = Classifier.run
+
+    def fails_on_one_image(self, pixels, *args, **kwargs):
+        if pixels.shape == failing_shape:
+            raise RuntimeError("graph execution went wrong")
+        return original(self, pixels, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "run", fails_on_one_image)
+    odd = encode(Image.fromarray(to_8bit(chest_radiograph(*failing_shape))), "PNG")
+    upload(app, ("odd.png", odd), ("chest.png", chest_png()))
+
+    assert not app.exception
+    assert [error.value for error in app.error] == [
+        "odd.png: could not be analysed: RuntimeError: graph execution went wrong"]
+    assert [header.value for header in app.main.header] == ["odd.png", "chest.png", "Downloads"]
+    assert model_columns(app).keys() == {"flat-softmax", "nested-sigmoid"}
+    assert [status.state for status in app.status] == ["error", "complete"]
+
+
 def test_dicom_shows_technical_metadata_never_patient_fields_and_rewindows_without_rereading(app, model_runs):
     upload(app, ("slice.dcm", ct_slice()))
     page = texts(app)
