@@ -442,8 +442,8 @@ def _first(value: object) -> object:
 
 
 def _explanation(view: Dataset) -> str:
-    explanation = _first(view.get("WindowCenterWidthExplanation")) or (
-        view.VOILUTSequence[0].get("LUTExplanation") if view.get("VOILUTSequence") else None)
+    explanation = _dicom_text(_first(view.get("WindowCenterWidthExplanation"))) or (
+        _dicom_text(view.VOILUTSequence[0].get("LUTExplanation")) if view.get("VOILUTSequence") else "")
     return f" ({explanation})" if explanation else ""
 
 
@@ -453,7 +453,7 @@ def _file_window(view: Dataset) -> Window | None:
     if center is None or width is None or float(width) <= 0:
         return None
     function = "sigmoid" if str(view.get("VOILUTFunction", "")).upper() == "SIGMOID" else "linear"
-    label = str(_first(view.get("WindowCenterWidthExplanation")) or "from file")
+    label = _dicom_text(_first(view.get("WindowCenterWidthExplanation"))) or "from file"
     return Window(float(center), float(width), label, function)
 
 
@@ -471,7 +471,7 @@ def _apply_voi_lut(values: np.ndarray, view: Dataset) -> np.ndarray:
 
 
 def _dicom_text(value: object) -> str:
-    """An allow-listed attribute as short display text; sequences and binary values are dropped."""
+    """A header value as short display text (free text too); sequences and binary values are dropped."""
     if value is None or isinstance(value, (bytes, Sequence)):
         return ""
     if isinstance(value, MultiValue):

@@ -155,16 +155,31 @@ def test_radiograph_uses_the_window_stored_in_the_file(function):
     assert (image.window.center, image.window.width) == (1500, 2000)
 
 
-def test_radiograph_voi_lut_is_scaled_by_the_table_not_its_declared_depth():
-    entries = np.arange(4096)
-    table = np.rint(4095 * np.sqrt(entries / 4095)).astype(np.uint16)  # 12-bit values, declared 16-bit
+def voi_lut_dicom(table: np.ndarray, explanation: str) -> bytes:
+    """A radiograph of GRAY with one VOI LUT of 4096 entries declared 16-bit."""
     lut = dicom_dataset(None)
     lut.add_new("LUTDescriptor", "US", [4096, 0, 16])
     lut.add_new("LUTData", "US", table.tolist())
-    lut.LUTExplanation = "GAMMA"
-    image = load_image(radiograph_dicom(GRAY, VOILUTSequence=[lut]), "cr.dcm")
+    lut.LUTExplanation = explanation
+    return radiograph_dicom(GRAY, VOILUTSequence=[lut])
+
+
+def test_radiograph_voi_lut_is_scaled_by_the_table_not_its_declared_depth():
+    entries = np.arange(4096)
+    table = np.rint(4095 * np.sqrt(entries / 4095)).astype(np.uint16)  # 12-bit values, declared 16-bit
+    image = load_image(voi_lut_dicom(table, "GAMMA"), "cr.dcm")
     np.testing.assert_allclose(image.pixels, table[np.rint(GRAY * 4095).astype(int)] / 4095, atol=1e-6)
     assert "VOI LUT" in image.metadata["Window"] and "GAMMA" in image.metadata["Window"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda text: radiograph_dicom(GRAY, WindowCenter=1500, WindowWidth=2000, WindowCenterWidthExplanation=text),
+    lambda text: voi_lut_dicom(np.arange(4096, dtype=np.uint16), text),
+], ids=["window explanation", "LUT explanation"])
+def test_free_text_naming_the_window_is_cut_like_any_header_text(make):
+    text = "SOFT TISSUE " * 5 + "dictated by Dr Smith for Jane Doe"  # 60 + 33 characters
+    window = load_image(make(text), "dx.dcm").metadata["Window"]
+    assert text[:64] in window and "Smith" not in window and "Jane" not in window
 
 
 @pytest.mark.parametrize("slope, intercept", [(1.0, -1024.0), (0.5, -1024.0)])
