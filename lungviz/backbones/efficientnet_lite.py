@@ -19,8 +19,9 @@ Matching how the weights were trained:
 Layer names: `stem_*`, then one group per MBConv block named
 `block{stage}{letter}_*` (stage 1..7, letter a, b, ... within the stage), then
 `top_conv`, `top_bn` and `top_activation` (`CAM_LAYER`, the 1280-channel
-feature map). `block_names(model)` lists the block prefixes from input to
-output, so a trainer can unfreeze the last N blocks by prefix.
+feature map). The trainer finds blocks to unfreeze by these prefixes with
+`lungviz.architectures.group_blocks`; `block_names(model)` lists the same
+prefixes, for the ImageNet cross-check that compares each block's output.
 """
 
 from __future__ import annotations
@@ -199,8 +200,10 @@ def build_efficientnet_lite(
 def block_names(model: keras.Model) -> list[str]:
     """The MBConv block prefixes of `model` from input to output, e.g. ["block1a", ..., "block7a"].
 
-    Every layer of block P has a name starting with f"{P}_"; unfreezing the
-    last N blocks is `prefixes = tuple(f"{p}_" for p in block_names(m)[-N:])`.
+    Every layer of block P has a name starting with f"{P}_". Used to compare
+    block outputs with the reference (tools/crosscheck_efficientnet_lite.py);
+    fine-tuning groups layers with `lungviz.architectures.group_blocks` instead:
+    the stem, then these blocks, the last one with the top layers.
     """
     names: list[str] = []
     for layer in model.layers:
