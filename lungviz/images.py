@@ -58,7 +58,7 @@ MAX_PIXELS = 50_000_000
 MIN_SIDE = 64
 MAX_ASPECT = 4.0
 AUTO_PERCENTILES = (0.1, 99.9)
-XRAY_MODALITIES = {"CR", "DX", "DR", "RG", "RF", "XA", "MG"}
+XRAY_MODALITIES = {"CR", "DX", "DR", "RG"}  # projection radiographs; MG, XA and RF are X-ray but never a chest film
 """DICOM modalities of projection radiographs; CT is the only other hint."""
 
 SAFE_DICOM_FIELDS = (

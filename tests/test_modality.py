@@ -62,6 +62,17 @@ def test_dicom_header_is_trusted_before_the_gate(hint, dicom_modality, expected,
     assert (assessment.predicted, assessment.source) == (expected, source)
 
 
+@pytest.mark.parametrize("dicom_modality, expected", [("DX", "xray"), ("CR", "xray"), ("CT", "ct"), ("MG", "other"),
+                                                     ("XA", "other"), ("MR", "other")])
+def test_dicom_modality_of_a_read_file_routes_it(dicom_modality, expected):
+    from lungviz.images import load_image
+    from tests.images_factory import chest_radiograph, dicom_bytes, dicom_dataset
+
+    stored = np.rint(chest_radiograph(128, 128) * 4095).astype(np.uint16)
+    data = dicom_bytes(dicom_dataset(stored, bits_stored=12, Modality=dicom_modality))
+    assert assess_modality(load_image(data, "x.dcm"), gate=None).predicted == expected
+
+
 def test_without_gate_or_header_the_modality_is_unknown():
     image = ChestImage(pixels=np.zeros((64, 64), np.float32), name="x.png", modality_hint=None, metadata={})
     assert assess_modality(image, None).to_dict() == {"predicted": None, "score": None, "source": "none"}
