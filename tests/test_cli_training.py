@@ -40,8 +40,16 @@ def test_evaluate_reports_and_writes_card_metrics(trained, capsys):
                  "--update-cards"]) == 0
     report = json.loads(capsys.readouterr().out)
     card = ModelCard.load(weights / TASK / "tiny.json")
-    assert card.metrics, "evaluate --update-cards left the card without metrics"
-    assert json.dumps(report)  # the report is plain JSON
+    assert (report["task"], list(report["models"]), report["ensemble"]) == (TASK, ["tiny"], None)
+    assert report["test_counts"] == {name: 12 for name in TASKS[TASK]}
+    entry = report["models"]["tiny"]
+    (negatives_right, false_positives), (false_negatives, positives_right) = entry["confusion_matrix"]
+    assert negatives_right + false_positives == false_negatives + positives_right == 12
+    accuracy = entry["metrics"]["accuracy"]["value"]
+    assert accuracy == pytest.approx((negatives_right + positives_right) / 24)
+    assert entry["threshold"] == card.threshold
+    # --update-cards wrote this very report into the card
+    assert card.metrics["test"] == entry["metrics"] and card.metrics["confusion_matrix"] == entry["confusion_matrix"]
     assert main(["cards", "--weights", str(weights)]) == 0
     assert "| ct-covid | tiny | simple_cnn | 32x32 |" in capsys.readouterr().out
 

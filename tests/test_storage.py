@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lungviz.registry import discover, load_model
-from lungviz.storage import halve_weights, save_compact
+from lungviz.storage import save_compact
 
 
 @pytest.mark.parametrize("name", ["flat-softmax", "nested-sigmoid"])
@@ -22,10 +22,15 @@ def test_float16_file_is_smaller_and_predicts_the_same(weights_root, tmp_path, n
     assert not np.array_equal(np.asarray(reloaded.weights[0]), np.asarray(model.weights[0]))  # really rounded
 
 
-def test_tolerance_is_enforced(weights_root, tmp_path):
+def test_a_refused_float16_save_leaves_the_exact_float32_model(weights_root, tmp_path):
+    import keras
+
     card = discover(weights_root)["ct-covid"][0]
     model = load_model(card)
     probe = np.random.default_rng(0).uniform(0, 255, (2, *card.input_size, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="kept float32"):
         save_compact(model, tmp_path / "m.keras", probe, tolerance=0.0)
-    halve_weights(tmp_path / "m.keras")  # the kept float32 file is still a valid archive
+    reloaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    for kept, original in zip(reloaded.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(kept), np.asarray(original))
+    np.testing.assert_array_equal(reloaded(probe), model(probe))
