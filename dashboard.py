@@ -26,11 +26,11 @@ import streamlit as st
 
 from lungviz.cards import ModelCardError
 from lungviz.explanations import DEFAULT_METHOD, METHODS, ExplanationError
-from lungviz.export import png_bytes, to_csv, to_json_lines
+from lungviz.export import overlay_filename, png_bytes, to_csv, to_json_lines
 from lungviz.figures import comparison_chart, probability_chart
 from lungviz.images import (CT_WINDOWS, DEFAULT_CT_WINDOW, UPLOAD_EXTENSIONS, ChestImage, ImageInputError, Window,
                             load_image)
-from lungviz.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, OUTLINE_STYLES, draw_outline, overlay_heatmap
+from lungviz.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, OUTLINE_STYLES, render_overlay
 from lungviz.prediction import PREDICTED, ModelResult
 from lungviz.registry import ModelLoadError, weights_dir
 from lungviz.session import AUTO, Analysis, AnalysisSession
@@ -58,10 +58,6 @@ class Upload:
     @classmethod
     def of(cls, name: str, data: bytes) -> Upload:
         return cls(name, data, hashlib.sha256(name.encode() + b"\0" + data).hexdigest()[:16])
-
-    @property
-    def stem(self) -> str:
-        return Path(self.name).stem
 
 
 @dataclass(frozen=True)
@@ -195,8 +191,8 @@ def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, control
 
 
 def overlay(image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
-    rgb = overlay_heatmap(image.pixels, result.heatmap, opacity=controls.opacity, colormap=controls.colormap)
-    return draw_outline(rgb, result.heatmap, style=controls.outline)
+    return render_overlay(image.pixels, result.heatmap, opacity=controls.opacity, colormap=controls.colormap,
+                          outline=controls.outline)
 
 
 def show_routing(analysis: Analysis) -> None:
@@ -225,7 +221,7 @@ def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls:
     st.plotly_chart(probability_chart(result), key=f"probabilities-{upload.key}-{result.name}")
     st.caption(f"P({positive}) = {result.positive_probability:.1%}, threshold {result.threshold:.1%}, "
                f"{result.seconds:.2f} s")
-    st.download_button("Overlay PNG", lambda: png_bytes(rgb), file_name=f"{upload.stem}__{result.name}.png",
+    st.download_button("Overlay PNG", lambda: png_bytes(rgb), file_name=overlay_filename(upload.name, result.name),
                        mime="image/png", on_click="ignore", key=f"png-{upload.key}-{result.name}",
                        icon=":material/download:")
     return rgb
@@ -266,7 +262,7 @@ def show_file(session: AnalysisSession, upload: Upload,
     overlays = {}
     for column, result in zip(st.columns(max(len(analysis.results), MIN_COLUMNS)), analysis.results):
         with column:
-            overlays[f"{upload.stem}__{result.name}.png"] = show_model(upload, image, result, controls)
+            overlays[overlay_filename(upload.name, result.name)] = show_model(upload, image, result, controls)
     st.markdown(f"**All models on {upload.name}**")
     st.plotly_chart(comparison_chart(analysis.results), key=f"comparison-{upload.key}")
     return analysis, overlays

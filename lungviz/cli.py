@@ -13,7 +13,8 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from lungviz.cards import TASKS
@@ -23,6 +24,15 @@ USAGE_ERROR = 2
 
 class UsageError(Exception):
     """Bad arguments: reported on stderr with exit status 2."""
+
+
+@contextmanager
+def _usage_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Errors of these kinds (bad cards, data sets, arguments) are the user's to fix: report them as usage errors."""
+    try:
+        yield
+    except kinds as error:
+        raise UsageError(str(error)) from error
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -93,11 +103,11 @@ def _require_folder(folder: Path, what: str) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from lungviz.registry import weights_dir
-    from lungviz.training import TrainConfig, TrainingError, train
+    from lungviz.training import TrainConfig, train
 
     _require_folder(args.data, "data")
     name = args.name or args.arch.replace("_", "-")
-    try:
+    with _usage_errors(ValueError):  # TrainingError and data set errors are ValueErrors
         config = TrainConfig(
             task=args.task, data_dir=args.data, architecture=args.arch, name=name,
             run_dir=args.run_dir or Path("runs") / args.task / name, export_dir=args.out or weights_dir() / args.task,
@@ -106,8 +116,6 @@ def _run_train(args: argparse.Namespace) -> int:
             augment=not args.no_augment, imagenet_weights=args.imagenet_weights, seed=args.seed, resume=args.resume,
             command="python -m lungviz " + shlex.join(args.argv))
         result = train(config)
-    except (TrainingError, ValueError) as error:
-        raise UsageError(str(error)) from error
     print(f"saved {result.model_path} and {result.card_path}")
     return 0
 
@@ -120,13 +128,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     _require_folder(args.data, "data")
     session = _session(args.weights)
-    try:
+    with _usage_errors(ValueError, ModelLoadError):  # unknown models, broken files, data set errors
         cards = select_cards(session.cards[args.task], _names(args.models))
         if not cards:
             raise UsageError(f"no models for task {args.task} in {session.root}")
         report = evaluate_task(args.task, args.data, [(card, load_model(card)) for card in cards], args.out)
-    except (ValueError, ModelLoadError) as error:  # unknown models, broken files, data set errors
-        raise UsageError(str(error)) from error
     if args.update_cards:
         for card in cards:
             update_card_metrics(card, report)
@@ -144,7 +150,7 @@ def _run_gate(args: argparse.Namespace) -> int:
     data_dirs = {"xray": args.xray, "ct": args.ct}
     for folder in data_dirs.values():
         _require_folder(folder, "data")
-    try:
+    with _usage_errors(ValueError):  # data set errors
         if args.action == "fit":
             report = modality.train_gate(data_dirs, root / modality.GATE_DIR)
         else:
@@ -154,8 +160,6 @@ def _run_gate(args: argparse.Namespace) -> int:
             report = modality.evaluate_gate(gate, data_dirs)
             (root / modality.GATE_DIR / modality.CARD_FILE).write_text(
                 json.dumps({**card, "evaluation": report}, indent=2) + "\n")
-    except ValueError as error:  # data set errors
-        raise UsageError(str(error)) from error
     print(json.dumps(report, indent=2))
     return 0
 
@@ -166,13 +170,11 @@ def _run_cards(args: argparse.Namespace) -> int:
 
     if args.update_readme and args.weights is not None:
         raise UsageError("--update-readme documents the shipped models; it cannot be used with --weights")
-    try:
+    with _usage_errors(ValueError):  # a broken card, or README without the table markers
         table = markdown_table(discover(args.weights))
         if args.update_readme:
             readme = DEFAULT_WEIGHTS_DIR.parent / "README.md"
             readme.write_text(replace_readme_table(readme.read_text(), table))
-    except ValueError as error:  # a broken card, or README without the table markers
-        raise UsageError(str(error)) from error
     print(table)
     return 0
 
@@ -198,10 +200,8 @@ def _session(weights: Path | None):
     root = weights or weights_dir()
     if not root.is_dir():
         raise UsageError(f"weights folder {root} does not exist")
-    try:
+    with _usage_errors(ValueError):  # a broken model card
         session = AnalysisSession(weights=root)
-    except ValueError as error:  # a broken model card
-        raise UsageError(str(error)) from error
     if not session.tasks:
         raise UsageError(f"no models in {root} (expected <task>/<name>.keras with <name>.json beside it)")
     return session
@@ -215,10 +215,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown method {args.method!r}; choose from: none, {', '.join(METHODS)}")
     session = _session(args.weights)
     wanted = _names(args.models)
-    try:
+    with _usage_errors(ValueError):
         session.check_request(wanted, args.task, args.target)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
     if args.save_heatmaps is not None:
         args.save_heatmaps.mkdir(parents=True, exist_ok=True)
     written: set[str] = set()

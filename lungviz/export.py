@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,6 +79,11 @@ def to_csv(records: Sequence[dict[str, Any]]) -> str:
                              "explained_class": model["explained_class"] or "",
                              "method": model["method"] or "", "seconds": model["seconds"]})
     return buffer.getvalue()
+
+
+def overlay_filename(source: str, model: str) -> str:
+    """`<source stem>__<model>.png`: the name under which a model's overlay of a file is saved."""
+    return f"{Path(source).stem}__{model}.png"
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

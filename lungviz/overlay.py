@@ -139,3 +139,9 @@ def draw_outline(rgb: np.ndarray, heatmap: np.ndarray, style: str | None = "cont
         else:
             cv2.drawContours(out, [region.contour], -1, line_color, width)
     return out
+
+
+def render_overlay(gray: np.ndarray, heatmap: np.ndarray, *, opacity: float = DEFAULT_OPACITY,
+                   colormap: str = DEFAULT_COLORMAP, outline: str | None = "contour") -> np.ndarray:
+    """The overlay as LungViz shows and exports it: the heatmap blended on the image, its hottest region outlined."""
+    return draw_outline(overlay_heatmap(gray, heatmap, opacity=opacity, colormap=colormap), heatmap, outline)

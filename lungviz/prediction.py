@@ -87,20 +87,16 @@ class Classifier:
             raise ValueError(f"cannot explain class {target!r}: model {self.card.name!r} knows {self.card.classes}")
         started = time.perf_counter()
         inputs = to_model_input(pixels, self.card.input_size)
-        heatmap = explained = None
-        if method is None:
-            probabilities = self.predict_batch(inputs)[0]
-            predicted = decide(probabilities, self.card)
+        heatmap = explained = cam = None
+        explainer = self.explainer(method) if method is not None else None
+        guess = self.card.positive_class if target == PREDICTED else target
+        if hasattr(explainer, "explain_with_probabilities"):  # one pass gives both (compiled Grad-CAM)
+            raw, cam = explainer.explain_with_probabilities(inputs, self.card.classes.index(guess))
+            probabilities = apply_temperature(raw, self.card.temperature)
         else:
-            explainer = self.explainer(method)
-            guess = self.card.positive_class if target == PREDICTED else target
-            if hasattr(explainer, "explain_with_probabilities"):  # one pass gives both (compiled Grad-CAM)
-                raw, cam = explainer.explain_with_probabilities(inputs, self.card.classes.index(guess))
-                probabilities = apply_temperature(raw, self.card.temperature)
-            else:
-                probabilities = self.predict_batch(inputs)[0]
-                cam = None
-            predicted = decide(probabilities, self.card)
+            probabilities = self.predict_batch(inputs)[0]
+        predicted = decide(probabilities, self.card)
+        if explainer is not None:
             explained = predicted if target == PREDICTED else target
             if cam is None or explained != guess:
                 cam = explainer.explain(inputs, self.card.classes.index(explained))

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from lungviz.cards import TASK_MODALITY, TASKS, ModelCard
 from lungviz.explanations import ExplanationError
-from lungviz.export import file_record, png_bytes
+from lungviz.export import file_record, overlay_filename, png_bytes
 from lungviz.images import ChestImage, ImageInputError, load_image
-from lungviz.modality import ModalityAssessment, assess_modality, load_gate
-from lungviz.overlay import draw_outline, overlay_heatmap
+from lungviz.modality import ModalityAssessment, ModalityGate, assess_modality, load_gate
+from lungviz.overlay import render_overlay
 from lungviz.prediction import PREDICTED, Classifier, ModelResult
 from lungviz.registry import ModelLoadError, discover, load_model, select_cards, weights_dir
 
@@ -52,8 +53,6 @@ class AnalysisSession:
         self.root = Path(weights) if weights is not None else weights_dir()
         self.cards: dict[str, list[ModelCard]] = discover(self.root)
         self._classifiers: dict[tuple[str, str], Classifier] = {}
-        self._gate = None
-        self._gate_loaded = False
 
     @property
     def tasks(self) -> list[str]:
@@ -74,12 +73,10 @@ class AnalysisSession:
             self._classifiers[key] = Classifier(card, load_model(card))
         return self._classifiers[key]
 
-    @property
-    def gate(self):
-        if not self._gate_loaded:
-            self._gate = load_gate(self.root)
-            self._gate_loaded = True
-        return self._gate
+    @cached_property
+    def gate(self) -> ModalityGate | None:
+        """The modality gate, loaded on first use (None where the weights folder has none)."""
+        return load_gate(self.root)
 
     def choose_task(self, assessment: ModalityAssessment, requested: str = AUTO) -> tuple[str | None, str | None]:
         """The task to run and a warning for the user, if any.
@@ -146,9 +143,8 @@ class AnalysisSession:
         analysis = self.analyse_bytes(data, path, **options)
         overlays = {}
         if want_overlays and analysis.image is not None:
-            stem = Path(path).stem
             for result in analysis.results:
                 if result.heatmap is not None:
-                    rgb = overlay_heatmap(analysis.image.pixels, result.heatmap)
-                    overlays[f"{stem}__{result.name}.png"] = png_bytes(draw_outline(rgb, result.heatmap))
+                    overlays[overlay_filename(path, result.name)] = png_bytes(
+                        render_overlay(analysis.image.pixels, result.heatmap))
         return analysis.record(), overlays
