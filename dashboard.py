@@ -24,25 +24,44 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from lungviz.cards import ModelCardError
-from lungviz.explanations import DEFAULT_METHOD, METHODS, ExplanationError
-from lungviz.export import overlay_filename, png_bytes, to_csv, to_json_lines
-from lungviz.figures import comparison_chart, probability_chart
-from lungviz.images import (CT_WINDOWS, DEFAULT_CT_WINDOW, UPLOAD_EXTENSIONS, ChestImage, ImageInputError, Window,
-                            load_image)
-from lungviz.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, OUTLINE_STYLES, render_overlay
-from lungviz.prediction import PREDICTED, ModelResult
-from lungviz.registry import ModelLoadError, weights_dir
-from lungviz.session import AUTO, Analysis, AnalysisSession
+from lungviz.errors import (
+    ExplanationError,
+    ImageInputError,
+    ModelCardError,
+    ModelLoadError,
+)
+from lungviz.inference.explanations import DEFAULT_METHOD, METHODS
+from lungviz.inference.images import (
+    CT_WINDOWS,
+    DEFAULT_CT_WINDOW,
+    UPLOAD_EXTENSIONS,
+    ChestImage,
+    Window,
+    load_image,
+)
+from lungviz.inference.prediction import PREDICTED, ModelResult
+from lungviz.inference.session import AUTO, Analysis, AnalysisSession
+from lungviz.models.registry import weights_dir
+from lungviz.reporting.export import overlay_filename, png_bytes, to_csv, to_json_lines
+from lungviz.reporting.figures import comparison_chart, probability_chart
+from lungviz.reporting.overlay import (
+    COLORMAPS,
+    DEFAULT_COLORMAP,
+    DEFAULT_OPACITY,
+    OUTLINE_STYLES,
+    render_overlay,
+)
 
 CUSTOM_WINDOW = "custom"
 MIN_COLUMNS = 3  # a lone model still gets a third of the page, not a giant overlay
 ENTRIES_PER_FILE = 4  # decoded frames and analyses kept per uploaded file and user, least recently used dropped
 # (no bare string literals at module level here: Streamlit's "magic" would print them on the page)
 
-DISCLAIMER = ("**Research tool, not a medical device.** LungViz is not cleared for clinical use: its models "
-              "learnt from small public data sets and its heatmaps show where a model's evidence lies, "
-              "not where disease is.")
+DISCLAIMER = (
+    "**Research tool, not a medical device.** LungViz is not cleared for clinical use: its models "
+    "learnt from small public data sets and its heatmaps show where a model's evidence lies, "
+    "not where disease is."
+)
 
 st.set_page_config(page_title="LungViz", page_icon=":material/pulmonology:", layout="wide")
 
@@ -100,9 +119,12 @@ def forget_removed_files(uploads: Sequence[Upload]) -> None:
 
 def uploaded_files() -> list[Upload]:
     files = st.file_uploader(
-        "Chest X-rays or CT slices", type=UPLOAD_EXTENSIONS, accept_multiple_files=True,
+        "Chest X-rays or CT slices",
+        type=UPLOAD_EXTENSIONS,
+        accept_multiple_files=True,
         help="PNG, JPEG, TIFF, BMP or DICOM. DICOM is recognised by its content, so a DICOM file without "
-             "an extension works once renamed to .dcm.")
+        "an extension works once renamed to .dcm.",
+    )
     uploads = (Upload.of(file.name, file.getvalue()) for file in files or [])
     return list({upload.key: upload for upload in uploads}.values())  # the same file dropped twice shows once
 
@@ -110,25 +132,40 @@ def uploaded_files() -> list[Upload]:
 def sidebar(session: AnalysisSession) -> Controls:
     with st.sidebar:
         st.header("Analysis")
-        task = st.selectbox("Task", [AUTO, *session.tasks],
-                            format_func=lambda t: "Auto (from the image)" if t == AUTO else t,
-                            help="Auto reads the DICOM header, else asks the modality gate.")
+        task = st.selectbox(
+            "Task",
+            [AUTO, *session.tasks],
+            format_func=lambda t: "Auto (from the image)" if t == AUTO else t,
+            help="Auto reads the DICOM header, else asks the modality gate.",
+        )
         tasks = session.tasks if task == AUTO else [task]
         names_by_task = {t: [card.name for card in session.cards[t]] for t in tasks}
         names = list(dict.fromkeys(name for task_names in names_by_task.values() for name in task_names))
-        models = st.multiselect("Models", names, default=names,
-                                help="  \n".join(f"{t}: {', '.join(n)}" for t, n in names_by_task.items()))
-        method = st.selectbox("Explanation method", list(METHODS), index=list(METHODS).index(DEFAULT_METHOD),
-                              format_func=lambda m: METHODS[m].label)
+        models = st.multiselect(
+            "Models", names, default=names, help="  \n".join(f"{t}: {', '.join(n)}" for t, n in names_by_task.items())
+        )
+        method = st.selectbox(
+            "Explanation method",
+            list(METHODS),
+            index=list(METHODS).index(DEFAULT_METHOD),
+            format_func=lambda m: METHODS[m].label,
+        )
         classes = list(dict.fromkeys(c for t in tasks for card in session.cards[t] for c in card.classes))
-        target = st.selectbox("Class to explain", [PREDICTED, *classes],
-                              format_func=lambda c: "Predicted class" if c == PREDICTED else c,
-                              help="A class of another task falls back to the predicted class.")
+        target = st.selectbox(
+            "Class to explain",
+            [PREDICTED, *classes],
+            format_func=lambda c: "Predicted class" if c == PREDICTED else c,
+            help="A class of another task falls back to the predicted class.",
+        )
         st.header("Display")
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, DEFAULT_OPACITY, 0.05)
         colormap = st.selectbox("Colormap", list(COLORMAPS), index=list(COLORMAPS).index(DEFAULT_COLORMAP))
-        outline = st.radio("Outline of the hottest region", OUTLINE_STYLES, horizontal=True,
-                           format_func=lambda style: (style or "none").capitalize())
+        outline = st.radio(
+            "Outline of the hottest region",
+            OUTLINE_STYLES,
+            horizontal=True,
+            format_func=lambda style: (style or "none").capitalize(),
+        )
         st.caption(f"Models from `{session.root}`. See the Model cards page for how each was trained and tested.")
     return Controls(task, tuple(models), method, target, opacity, colormap, outline)
 
@@ -136,17 +173,21 @@ def sidebar(session: AnalysisSession) -> Controls:
 def window_control(upload: Upload) -> Window:
     """Preset or custom CT window for this file."""
     presets = [*CT_WINDOWS, CUSTOM_WINDOW]
-    preset = st.selectbox("CT window", presets, index=presets.index(DEFAULT_CT_WINDOW),
-                          format_func=lambda p: CT_WINDOWS[p].describe() if p in CT_WINDOWS else "Custom",
-                          key=f"window-{upload.key}")
+    preset = st.selectbox(
+        "CT window",
+        presets,
+        index=presets.index(DEFAULT_CT_WINDOW),
+        format_func=lambda p: CT_WINDOWS[p].describe() if p in CT_WINDOWS else "Custom",
+        key=f"window-{upload.key}",
+    )
     if preset != CUSTOM_WINDOW:
         return CT_WINDOWS[preset]
     start = CT_WINDOWS[DEFAULT_CT_WINDOW]
     center_column, width_column = st.columns(2)
-    center = center_column.number_input("Center (HU)", value=float(start.center), step=10.0,
-                                        key=f"center-{upload.key}")
-    width = width_column.number_input("Width (HU)", min_value=1.0, value=float(start.width), step=10.0,
-                                      key=f"width-{upload.key}")
+    center = center_column.number_input("Center (HU)", value=float(start.center), step=10.0, key=f"center-{upload.key}")
+    width = width_column.number_input(
+        "Width (HU)", min_value=1.0, value=float(start.width), step=10.0, key=f"width-{upload.key}"
+    )
     return Window(center, width)
 
 
@@ -175,8 +216,15 @@ def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, control
             def progress(message: str, step: int, total: int) -> None:
                 bar.progress(step / max(total, 1), text=message)
 
-            return session.analyse_image(image, file=upload.name, task=controls.task, models=list(controls.models),
-                                         method=controls.method, target=controls.target, progress=progress)
+            return session.analyse_image(
+                image,
+                file=upload.name,
+                task=controls.task,
+                models=list(controls.models),
+                method=controls.method,
+                target=controls.target,
+                progress=progress,
+            )
 
     try:
         analysis = remembered(upload, "analyses", key, run)
@@ -184,20 +232,21 @@ def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, control
         status.update(label=f"Analysing {upload.name} failed", state="error", expanded=False)
         raise
     seconds = sum(result.seconds for result in analysis.results)
-    done = (f"{len(analysis.results)} {analysis.task} model(s) ran in {seconds:.2f} s" if analysis.task
-            else "No model ran")
+    done = (
+        f"{len(analysis.results)} {analysis.task} model(s) ran in {seconds:.2f} s" if analysis.task else "No model ran"
+    )
     status.update(label=done, state="complete", expanded=False)
     return analysis
 
 
 def overlay(image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
-    return render_overlay(image.pixels, result.heatmap, opacity=controls.opacity, colormap=controls.colormap,
-                          outline=controls.outline)
+    return render_overlay(
+        image.pixels, result.heatmap, opacity=controls.opacity, colormap=controls.colormap, outline=controls.outline
+    )
 
 
 def show_routing(analysis: Analysis) -> None:
-    st.markdown(f"**Modality:** {analysis.modality.describe()}  \n"
-                f"**Task:** {analysis.task or 'none (not classified)'}")
+    st.markdown(f"**Modality:** {analysis.modality.describe()}  \n**Task:** {analysis.task or 'none (not classified)'}")
     if analysis.warning:
         st.warning(analysis.warning, icon=":material/warning:")
 
@@ -216,19 +265,26 @@ def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls:
     rgb = overlay(image, result, controls)
     st.image(rgb, caption=f"{METHODS[result.method].label} for {result.explained_class}", width="stretch")
     positive = result.positive_class
-    st.metric("Prediction", result.predicted,
-              help=f"{positive} when calibrated P({positive}) >= {result.threshold:.3f}")
+    st.metric(
+        "Prediction", result.predicted, help=f"{positive} when calibrated P({positive}) >= {result.threshold:.3f}"
+    )
     st.plotly_chart(probability_chart(result), key=f"probabilities-{upload.key}-{result.name}")
-    st.caption(f"P({positive}) = {result.positive_probability:.1%}, threshold {result.threshold:.1%}, "
-               f"{result.seconds:.2f} s")
-    st.download_button("Overlay PNG", lambda: png_bytes(rgb), file_name=overlay_filename(upload.name, result.name),
-                       mime="image/png", on_click="ignore", key=f"png-{upload.key}-{result.name}",
-                       icon=":material/download:")
+    st.caption(
+        f"P({positive}) = {result.positive_probability:.1%}, threshold {result.threshold:.1%}, {result.seconds:.2f} s"
+    )
+    st.download_button(
+        "Overlay PNG",
+        lambda: png_bytes(rgb),
+        file_name=overlay_filename(upload.name, result.name),
+        mime="image/png",
+        on_click="ignore",
+        key=f"png-{upload.key}-{result.name}",
+        icon=":material/download:",
+    )
     return rgb
 
 
-def show_file(session: AnalysisSession, upload: Upload,
-              controls: Controls) -> tuple[Analysis, dict[str, np.ndarray]]:
+def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> tuple[Analysis, dict[str, np.ndarray]]:
     """Everything about one file; a bad file shows its own error and leaves the others alone."""
     st.header(upload.name, divider="gray")
     try:
@@ -236,8 +292,12 @@ def show_file(session: AnalysisSession, upload: Upload,
         routing = facts_column.container()
         with facts_column:
             image = prepared_image(upload)
-        image_column.image(image.pixels, caption=f"As analysed ({image.pixels.shape[1]} x {image.pixels.shape[0]})",
-                           width="stretch", clamp=True)
+        image_column.image(
+            image.pixels,
+            caption=f"As analysed ({image.pixels.shape[1]} x {image.pixels.shape[0]})",
+            width="stretch",
+            clamp=True,
+        )
         analysis = analyse(session, upload, image, controls)
     except ImageInputError as error:
         st.error(str(error), icon=":material/error:")
@@ -245,7 +305,8 @@ def show_file(session: AnalysisSession, upload: Upload,
     except (ModelLoadError, ExplanationError) as error:
         st.error(f"{upload.name}: could not be analysed: {error}", icon=":material/error:")
         return Analysis(file=upload.name, error=str(error)), {}
-    except Exception as error:  # anything unforeseen (the gate, TensorFlow) stops this file only, not the page
+    # The page's boundary: an unforeseen failure (the gate, TensorFlow) stops this file only, never the page.
+    except Exception as error:  # noqa: BLE001
         message = f"{type(error).__name__}: {error}"
         st.error(f"{upload.name}: could not be analysed: {message}", icon=":material/error:")
         return Analysis(file=upload.name, error=message), {}
@@ -260,7 +321,7 @@ def show_file(session: AnalysisSession, upload: Upload,
         st.info(f"No {analysis.task} model is selected in the sidebar.")
         return analysis, {}
     overlays = {}
-    for column, result in zip(st.columns(max(len(analysis.results), MIN_COLUMNS)), analysis.results):
+    for column, result in zip(st.columns(max(len(analysis.results), MIN_COLUMNS)), analysis.results, strict=False):
         with column:
             overlays[overlay_filename(upload.name, result.name)] = show_model(upload, image, result, controls)
     st.markdown(f"**All models on {upload.name}**")
@@ -281,23 +342,43 @@ def show_downloads(analyses: list[Analysis], overlays: dict[str, np.ndarray]) ->
     st.header("Downloads", divider="gray")
     records = [analysis.record() for analysis in analyses]
     csv_column, json_column, zip_column = st.columns(3)
-    csv_column.download_button("Results (CSV)", to_csv(records), file_name="lungviz_results.csv",
-                               mime="text/csv", on_click="ignore", icon=":material/table:")
-    json_column.download_button("Results (JSON Lines)", to_json_lines(records), file_name="lungviz_results.jsonl",
-                                mime="application/jsonl", on_click="ignore", icon=":material/data_object:")
-    zip_column.download_button("All overlays (ZIP)", lambda: zipped_pngs(overlays), file_name="lungviz_overlays.zip",
-                               mime="application/zip", on_click="ignore", disabled=not overlays,
-                               icon=":material/folder_zip:")
+    csv_column.download_button(
+        "Results (CSV)",
+        to_csv(records),
+        file_name="lungviz_results.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/table:",
+    )
+    json_column.download_button(
+        "Results (JSON Lines)",
+        to_json_lines(records),
+        file_name="lungviz_results.jsonl",
+        mime="application/jsonl",
+        on_click="ignore",
+        icon=":material/data_object:",
+    )
+    zip_column.download_button(
+        "All overlays (ZIP)",
+        lambda: zipped_pngs(overlays),
+        file_name="lungviz_overlays.zip",
+        mime="application/zip",
+        on_click="ignore",
+        disabled=not overlays,
+        icon=":material/folder_zip:",
+    )
 
 
 def no_models_message(root: Path) -> str:
-    return (f"**No models found in `{root}`.** LungViz looks for `<task>/<name>.keras` files, each with its "
-            f"model card `<name>.json` beside it, for the tasks `xray-pneumonia` and `ct-covid`.\n\n"
-            f"- A fresh clone ships them in `weights/`; restore an emptied folder with `git checkout -- weights`.\n"
-            f"- Or train them: `scripts/train_models.sh` reproduces every shipped model from the data sets "
-            f"(see README), and `python -m lungviz train --data DIR --task TASK --arch ARCH` trains one into "
-            f"`weights/<task>/`.\n"
-            f"- Or point the `LUNGVIZ_WEIGHTS` environment variable at a folder laid out the same way.")
+    return (
+        f"**No models found in `{root}`.** LungViz looks for `<task>/<name>.keras` files, each with its "
+        f"model card `<name>.json` beside it, for the tasks `xray-pneumonia` and `ct-covid`.\n\n"
+        f"- A fresh clone ships them in `weights/`; restore an emptied folder with `git checkout -- weights`.\n"
+        f"- Or train them: `scripts/train_models.sh` reproduces every shipped model from the data sets "
+        f"(see README), and `python -m lungviz train --data DIR --task TASK --arch ARCH` trains one into "
+        f"`weights/<task>/`.\n"
+        f"- Or point the `LUNGVIZ_WEIGHTS` environment variable at a folder laid out the same way."
+    )
 
 
 def main() -> None:

@@ -4,7 +4,9 @@
 other tools parse it, so its keys are a stable interface (see README). Bad
 files become records with an `error` message; they never stop the run and never
 print a traceback. Exit status: 0 when the inputs were processed (even if some
-were rejected), 2 for usage errors.
+were rejected), 2 for usage errors. Every `LungVizError` (a bad argument,
+card, data set or model file) is the user's to fix and is reported as a usage
+error; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,26 +15,17 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
-from lungviz.cards import TASKS
+from lungviz.errors import LungVizError
+from lungviz.tasks import TASKS
 
 USAGE_ERROR = 2
 
 
-class UsageError(Exception):
-    """Bad arguments: reported on stderr with exit status 2."""
-
-
-@contextmanager
-def _usage_errors(*kinds: type[Exception]) -> Iterator[None]:
-    """Errors of these kinds (bad cards, data sets, arguments) are the user's to fix: report them as usage errors."""
-    try:
-        yield
-    except kinds as error:
-        raise UsageError(str(error)) from error
+class UsageError(LungVizError):
+    """Bad arguments that argparse cannot see (a missing folder, an empty weights folder)."""
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -41,13 +34,22 @@ def _build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="classify and explain chest images")
     predict.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, TIFF, BMP or DICOM files")
-    predict.add_argument("--task", default="auto", choices=["auto", *TASKS],
-                         help="task to run; 'auto' routes by modality (DICOM header or the modality gate)")
+    predict.add_argument(
+        "--task",
+        default="auto",
+        choices=["auto", *TASKS],
+        help="task to run; 'auto' routes by modality (DICOM header or the modality gate)",
+    )
     predict.add_argument("--models", default=None, help="comma-separated model names (default: all of the task)")
     predict.add_argument("--method", default="gradcam", help="explanation method (default gradcam; 'none' to skip)")
     predict.add_argument("--target", default="predicted", help="class to explain (default: the predicted class)")
-    predict.add_argument("--save-heatmaps", type=Path, default=None, metavar="DIR",
-                         help="write one overlay PNG per file and model into DIR")
+    predict.add_argument(
+        "--save-heatmaps",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write one overlay PNG per file and model into DIR",
+    )
     predict.add_argument("--json", action="store_true", help="print JSON Lines, one object per file")
     predict.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     predict.set_defaults(handler=_run_predict)
@@ -71,13 +73,19 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--finetune-blocks", type=_blocks, default=2, help="top backbone blocks to fine-tune, or 'all'")
     train.add_argument("--patience", type=int, default=4, help="early stopping patience on validation AUC")
     train.add_argument("--no-augment", action="store_true", help="switch augmentation off")
-    train.add_argument("--imagenet-weights", type=Path, default=None,
-                       help="ImageNet weights file for a keras.applications architecture")
+    train.add_argument(
+        "--imagenet-weights",
+        type=Path,
+        default=None,
+        help="ImageNet weights file for a keras.applications architecture",
+    )
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.set_defaults(handler=_run_train)
 
-    evaluate = commands.add_parser("evaluate", help="test-split metrics with 95%% bootstrap CIs, per model and ensemble")
+    evaluate = commands.add_parser(
+        "evaluate", help="test-split metrics with 95%% bootstrap CIs, per model and ensemble"
+    )
     evaluate.add_argument("--task", required=True, choices=list(TASKS))
     evaluate.add_argument("--data", type=Path, required=True, help="data set with val/ and test/ folders")
     evaluate.add_argument("--models", default=None, help="comma-separated model names (default: all of the task)")
@@ -102,20 +110,32 @@ def _require_folder(folder: Path, what: str) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from lungviz.registry import weights_dir
-    from lungviz.training import TrainConfig, train
+    from lungviz.models.registry import weights_dir
+    from lungviz.training.trainer import TrainConfig, train
 
     _require_folder(args.data, "data")
     name = args.name or args.arch.replace("_", "-")
-    with _usage_errors(ValueError):  # TrainingError and data set errors are ValueErrors
-        config = TrainConfig(
-            task=args.task, data_dir=args.data, architecture=args.arch, name=name,
-            run_dir=args.run_dir or Path("runs") / args.task / name, export_dir=args.out or weights_dir() / args.task,
-            input_size=(args.input_size, args.input_size), batch_size=args.batch_size, head_epochs=args.head_epochs,
-            epochs=args.epochs, learning_rate=args.lr, finetune_blocks=args.finetune_blocks, patience=args.patience,
-            augment=not args.no_augment, imagenet_weights=args.imagenet_weights, seed=args.seed, resume=args.resume,
-            command="python -m lungviz " + shlex.join(args.argv))
-        result = train(config)
+    config = TrainConfig(
+        task=args.task,
+        data_dir=args.data,
+        architecture=args.arch,
+        name=name,
+        run_dir=args.run_dir or Path("runs") / args.task / name,
+        export_dir=args.out or weights_dir() / args.task,
+        input_size=(args.input_size, args.input_size),
+        batch_size=args.batch_size,
+        head_epochs=args.head_epochs,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        finetune_blocks=args.finetune_blocks,
+        patience=args.patience,
+        augment=not args.no_augment,
+        imagenet_weights=args.imagenet_weights,
+        seed=args.seed,
+        resume=args.resume,
+        command="python -m lungviz " + shlex.join(args.argv),
+    )
+    result = train(config)
     print(f"saved {result.model_path} and {result.card_path}")
     return 0
 
@@ -123,16 +143,19 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from lungviz.evaluation import evaluate_task, summary_markdown, update_card_metrics
-    from lungviz.registry import ModelLoadError, load_model, select_cards
+    from lungviz.models.registry import load_model, select_cards
+    from lungviz.training.evaluation import (
+        evaluate_task,
+        summary_markdown,
+        update_card_metrics,
+    )
 
     _require_folder(args.data, "data")
     session = _session(args.weights)
-    with _usage_errors(ValueError, ModelLoadError):  # unknown models, broken files, data set errors
-        cards = select_cards(session.cards[args.task], _names(args.models))
-        if not cards:
-            raise UsageError(f"no models for task {args.task} in {session.root}")
-        report = evaluate_task(args.task, args.data, [(card, load_model(card)) for card in cards], args.out)
+    cards = select_cards(session.cards[args.task], _names(args.models))
+    if not cards:
+        raise UsageError(f"no models for task {args.task} in {session.root}")
+    report = evaluate_task(args.task, args.data, [(card, load_model(card)) for card in cards], args.out)
     if args.update_cards:
         for card in cards:
             update_card_metrics(card, report)
@@ -143,38 +166,38 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_gate(args: argparse.Namespace) -> int:
     import json
 
-    from lungviz import modality
-    from lungviz.registry import weights_dir
+    from lungviz.inference import modality
+    from lungviz.models.registry import weights_dir
+    from lungviz.training import gate as gate_fitting
 
     root = args.weights or weights_dir()
     data_dirs = {"xray": args.xray, "ct": args.ct}
     for folder in data_dirs.values():
         _require_folder(folder, "data")
-    with _usage_errors(ValueError):  # data set errors
-        if args.action == "fit":
-            report = modality.train_gate(data_dirs, root / modality.GATE_DIR)
-        else:
-            gate, card = modality.load_gate(root), modality.gate_card(root)
-            if gate is None or card is None:
-                raise UsageError(f"no gate in {root / modality.GATE_DIR}; run 'gate fit' first")
-            report = modality.evaluate_gate(gate, data_dirs)
-            (root / modality.GATE_DIR / modality.CARD_FILE).write_text(
-                json.dumps({**card, "evaluation": report}, indent=2) + "\n")
+    if args.action == "fit":
+        report = gate_fitting.train_gate(data_dirs, root / modality.GATE_DIR)
+    else:
+        gate, card = modality.load_gate(root), modality.gate_card(root)
+        if gate is None or card is None:
+            raise UsageError(f"no gate in {root / modality.GATE_DIR}; run 'gate fit' first")
+        report = gate_fitting.evaluate_gate(gate, data_dirs)
+        (root / modality.GATE_DIR / modality.CARD_FILE).write_text(
+            json.dumps({**card, "evaluation": report}, indent=2) + "\n"
+        )
     print(json.dumps(report, indent=2))
     return 0
 
 
 def _run_cards(args: argparse.Namespace) -> int:
-    from lungviz.cards import markdown_table, replace_readme_table
-    from lungviz.registry import DEFAULT_WEIGHTS_DIR, discover
+    from lungviz.models.registry import DEFAULT_WEIGHTS_DIR, discover
+    from lungviz.reporting.tables import markdown_table, replace_readme_table
 
     if args.update_readme and args.weights is not None:
         raise UsageError("--update-readme documents the shipped models; it cannot be used with --weights")
-    with _usage_errors(ValueError):  # a broken card, or README without the table markers
-        table = markdown_table(discover(args.weights))
-        if args.update_readme:
-            readme = DEFAULT_WEIGHTS_DIR.parent / "README.md"
-            readme.write_text(replace_readme_table(readme.read_text(), table))
+    table = markdown_table(discover(args.weights))
+    if args.update_readme:
+        readme = DEFAULT_WEIGHTS_DIR.parent / "README.md"
+        readme.write_text(replace_readme_table(readme.read_text(), table))
     print(table)
     return 0
 
@@ -194,36 +217,38 @@ def _names(value: str | None) -> list[str] | None:
 
 def _session(weights: Path | None):
     """The registry's models, or a usage error that says why there are none."""
-    from lungviz.registry import weights_dir
-    from lungviz.session import AnalysisSession
+    from lungviz.inference.session import AnalysisSession
+    from lungviz.models.registry import weights_dir
 
     root = weights or weights_dir()
     if not root.is_dir():
         raise UsageError(f"weights folder {root} does not exist")
-    with _usage_errors(ValueError):  # a broken model card
-        session = AnalysisSession(weights=root)
+    session = AnalysisSession(weights=root)
     if not session.tasks:
         raise UsageError(f"no models in {root} (expected <task>/<name>.keras with <name>.json beside it)")
     return session
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from lungviz.explanations import METHODS
+    from lungviz.inference.explanations import check_method
 
     method = None if args.method == "none" else args.method
-    if method is not None and method not in METHODS:
-        raise UsageError(f"unknown method {args.method!r}; choose from: none, {', '.join(METHODS)}")
+    check_method(method)
     session = _session(args.weights)
     wanted = _names(args.models)
-    with _usage_errors(ValueError):
-        session.check_request(wanted, args.task, args.target)
+    session.check_request(wanted, args.task, args.target)
     if args.save_heatmaps is not None:
         args.save_heatmaps.mkdir(parents=True, exist_ok=True)
     written: set[str] = set()
     for index, file in enumerate(args.files):
         record, overlays = session.analyse_path(
-            file, task=args.task, models=wanted, method=method, target=args.target,
-            want_overlays=args.save_heatmaps is not None)
+            file,
+            task=args.task,
+            models=wanted,
+            method=method,
+            target=args.target,
+            want_overlays=args.save_heatmaps is not None,
+        )
         for filename, png in overlays.items():
             if filename in written:  # two inputs with the same stem: keep both
                 filename = f"{index:03d}-{filename}"
@@ -235,7 +260,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _format(record: dict, *, as_json: bool) -> str:
     if as_json:
-        from lungviz.export import to_json_lines
+        from lungviz.reporting.export import to_json_lines
 
         return to_json_lines([record]).rstrip("\n")
     if record["error"]:
@@ -246,9 +271,11 @@ def _format(record: dict, *, as_json: bool) -> str:
         lines.append(f"  warning: {record['warning']}")
     for model in record["models"]:
         positive = model["positive_class"]
-        lines.append(f"  {model['name']:<24} {model['predicted']:<10} "
-                     f"P({positive})={model['probabilities'][positive]:.3f} "
-                     f"threshold={model['threshold']:.3f} {model['seconds']:.2f}s")
+        lines.append(
+            f"  {model['name']:<24} {model['predicted']:<10} "
+            f"P({positive})={model['probabilities'][positive]:.3f} "
+            f"threshold={model['threshold']:.3f} {model['seconds']:.2f}s"
+        )
     return "\n".join(lines)
 
 
@@ -259,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.handler(args)
-    except UsageError as error:
+    except LungVizError as error:
         parser.exit(USAGE_ERROR, f"{parser.prog} {args.command}: error: {error}\n")
     except KeyboardInterrupt:
         return 130

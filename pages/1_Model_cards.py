@@ -11,9 +11,10 @@ from typing import Any
 
 import streamlit as st
 
-from lungviz.cards import ModelCard, ModelCardError
-from lungviz.modality import gate_card
-from lungviz.registry import discover, weights_dir
+from lungviz.errors import ModelCardError
+from lungviz.inference.modality import gate_card
+from lungviz.models.cards import ModelCard
+from lungviz.models.registry import discover, weights_dir
 
 st.set_page_config(page_title="LungViz model cards", page_icon=":material/description:", layout="wide")
 
@@ -24,8 +25,13 @@ def _metric_rows(test: dict[str, Any]) -> list[dict[str, Any]]:
     for metric, entry in test.items():
         if isinstance(entry, dict) and "value" in entry:
             low, high = entry.get("ci95") or (None, None)
-            rows.append({"metric": metric, "value": entry["value"],
-                         "95% CI": "-" if low is None else f"{low:.3f} to {high:.3f}"})
+            rows.append(
+                {
+                    "metric": metric,
+                    "value": entry["value"],
+                    "95% CI": "-" if low is None else f"{low:.3f} to {high:.3f}",
+                }
+            )
     return rows
 
 
@@ -49,8 +55,10 @@ def _confusion_rows(card: ModelCard) -> list[dict[str, Any]]:
         return []
     negative = card.classes[1 - card.positive_index]
     order = [negative, card.positive_class]
-    return [{"true class": truth, **{f"called {called}": matrix[i][j] for j, called in enumerate(order)}}
-            for i, truth in enumerate(order)]
+    return [
+        {"true class": truth, **{f"called {called}": matrix[i][j] for j, called in enumerate(order)}}
+        for i, truth in enumerate(order)
+    ]
 
 
 def _plain(value: Any) -> str:
@@ -67,7 +75,8 @@ def show_card(card: ModelCard) -> None:
             f"**Input size:** {card.input_size[0]} x {card.input_size[1]}, {card.head} head  \n"
             f"**Threshold:** {card.threshold:.3f} on calibrated P({card.positive_class}) ({card.threshold_rule})  \n"
             f"**Calibration:** {card.calibration.get('method', 'none')}, temperature {card.temperature:.3f}  \n"
-            f"**File:** {card.file} ({card.file_size_bytes / 1e6:.1f} MB)")
+            f"**File:** {card.file} ({card.file_size_bytes / 1e6:.1f} MB)"
+        )
         if card.training:
             left.markdown("**Training**")
             left.table([{"item": key, "value": _plain(value)} for key, value in card.training.items()])
@@ -76,8 +85,9 @@ def show_card(card: ModelCard) -> None:
             right.info("Not evaluated yet: this card has no test metrics.")
         else:
             right.markdown("**Test metrics**")
-            right.dataframe(rows, hide_index=True,
-                            column_config={"value": st.column_config.NumberColumn(format="%.3f")})
+            right.dataframe(
+                rows, hide_index=True, column_config={"value": st.column_config.NumberColumn(format="%.3f")}
+            )
             right.caption(_evaluation_note(card))
             if confusion := _confusion_rows(card):
                 right.markdown("**Confusion matrix at the threshold (test)**")
@@ -87,8 +97,10 @@ def show_card(card: ModelCard) -> None:
 
 
 st.title("Model cards")
-st.caption("Every model the dashboard can run, as described by the card shipped beside its weights. "
-           "LungViz is a research tool, not a medical device.")
+st.caption(
+    "Every model the dashboard can run, as described by the card shipped beside its weights. "
+    "LungViz is a research tool, not a medical device."
+)
 try:
     cards_by_task = discover()
 except ModelCardError as error:
@@ -107,7 +119,16 @@ if gate:
     st.header("Modality gate")
     st.markdown(f"**Method:** {gate['method']}  \n**Threshold rule:** {gate['threshold_rule']}")
     if evaluation := gate.get("evaluation"):
-        st.dataframe([{"images": name, "count": rates["images"], "called other": rates["called_other"],
-                       "correct": rates.get("correct", "-")} for name, rates in evaluation.items()],
-                     hide_index=True)
+        st.dataframe(
+            [
+                {
+                    "images": name,
+                    "count": rates["images"],
+                    "called other": rates["called_other"],
+                    "correct": rates.get("correct", "-"),
+                }
+                for name, rates in evaluation.items()
+            ],
+            hide_index=True,
+        )
         st.caption("Test splits of both data sets, and scikit-image's bundled photos, documents and micrographs.")

@@ -17,7 +17,12 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 PHI = {
     "PatientName": "Doe^Jane^Quincy",
@@ -38,7 +43,7 @@ CHEST_SHAPE = (320, 256)
 
 def chest_regions(height: int, width: int) -> dict[str, np.ndarray]:
     """Boolean masks of a frontal chest: body, lungs, heart, spine."""
-    y, x = np.mgrid[-1:1:height * 1j, -1:1:width * 1j]
+    y, x = np.mgrid[-1 : 1 : height * 1j, -1 : 1 : width * 1j]
     body = (x / 0.88) ** 2 + (y / 0.98) ** 2 < 1
     lungs = (((np.abs(x) - 0.42) / 0.26) ** 2 + ((y + 0.1) / 0.6) ** 2) < 1
     heart = ((x - 0.12) / 0.25) ** 2 + ((y - 0.3) / 0.22) ** 2 < 1
@@ -114,12 +119,22 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
-def dicom_dataset(stored: np.ndarray | None, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-                  sop_class: str = DigitalXRayImageStorageForPresentation, **attributes) -> FileDataset:
+def dicom_dataset(
+    stored: np.ndarray | None,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    sop_class: str = DigitalXRayImageStorageForPresentation,
+    **attributes,
+) -> FileDataset:
     """A DICOM file dataset with identifiers, optional native pixel data and extra attributes."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -149,16 +164,35 @@ def radiograph_dicom(gray: np.ndarray, *, photometric: str = "MONOCHROME2", **at
     stored = np.rint(gray * 4095).astype(np.uint16)
     if photometric == "MONOCHROME1":
         stored = 4095 - stored
-    return dicom_bytes(dicom_dataset(stored, photometric=photometric, bits_stored=12, Modality="DX",
-                                     BodyPartExamined="CHEST", ViewPosition="PA", **attributes))
+    return dicom_bytes(
+        dicom_dataset(
+            stored,
+            photometric=photometric,
+            bits_stored=12,
+            Modality="DX",
+            BodyPartExamined="CHEST",
+            ViewPosition="PA",
+            **attributes,
+        )
+    )
 
 
 def ct_dicom(hu: np.ndarray, *, slope: float = 1.0, intercept: float = -1024.0, **attributes) -> bytes:
     """CT slice(s) stored as unsigned values that RescaleSlope/Intercept turn back into `hu`."""
     stored = np.rint((hu.astype(np.float64) - intercept) / slope).astype(np.uint16)
-    return dicom_bytes(dicom_dataset(stored, sop_class=CTImageStorage, Modality="CT", BodyPartExamined="CHEST",
-                                     RescaleSlope=slope, RescaleIntercept=intercept, SliceThickness=1.25,
-                                     KVP=120, **attributes))
+    return dicom_bytes(
+        dicom_dataset(
+            stored,
+            sop_class=CTImageStorage,
+            Modality="CT",
+            BodyPartExamined="CHEST",
+            RescaleSlope=slope,
+            RescaleIntercept=intercept,
+            SliceThickness=1.25,
+            KVP=120,
+            **attributes,
+        )
+    )
 
 
 def compressed_dicom(transfer_syntax: str, gray: np.ndarray) -> bytes:
@@ -179,7 +213,7 @@ def multiframe_ct(hu_frames: np.ndarray, *, enhanced: bool) -> bytes:
     if not enhanced:
         return ct_dicom(hu_frames)
     intercepts = [-1024.0 - 100.0 * index for index in range(len(hu_frames))]
-    stored = np.stack([hu - intercept for hu, intercept in zip(hu_frames, intercepts)]).astype(np.uint16)
+    stored = np.stack([hu - intercept for hu, intercept in zip(hu_frames, intercepts, strict=False)]).astype(np.uint16)
     dataset = dicom_dataset(stored, sop_class=CTImageStorage, Modality="CT")
     per_frame = []
     for intercept in intercepts:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import keras
 
-from lungviz.cards import TASKS, ModelCard
+from lungviz.models.cards import ModelCard
+from lungviz.tasks import TASKS
 
 INPUT_SIZE = (64, 64)
 
@@ -42,17 +43,38 @@ def nested_sigmoid_model(seed: int = 1) -> keras.Model:
     return keras.Model(inputs, outputs, name="nested_sigmoid")
 
 
-def write_model(root: Path, task: str, name: str, model: keras.Model, *, head: str, cam_layer: str,
-                threshold: float = 0.5, temperature: float = 1.0) -> ModelCard:
+def write_model(
+    root: Path,
+    task: str,
+    name: str,
+    model: keras.Model,
+    *,
+    head: str,
+    cam_layer: str,
+    threshold: float = 0.5,
+    temperature: float = 1.0,
+) -> ModelCard:
     folder = root / task
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.keras"
     model.save(path)
-    classes = list(TASKS[task])
-    card = ModelCard(name=name, task=task, architecture=model.name, classes=classes, positive_class=classes[1],
-                     input_size=list(INPUT_SIZE), head=head, cam_layer=cam_layer, threshold=threshold,
-                     threshold_rule="test fixture", calibration={"method": "temperature", "temperature": temperature},
-                     file=path.name, file_size_bytes=path.stat().st_size, limitations=["untrained test model"])
+    classes = list(TASKS[task].classes)
+    card = ModelCard(
+        name=name,
+        task=task,
+        architecture=model.name,
+        classes=classes,
+        positive_class=classes[1],
+        input_size=list(INPUT_SIZE),
+        head=head,
+        cam_layer=cam_layer,
+        threshold=threshold,
+        threshold_rule="test fixture",
+        calibration={"method": "temperature", "temperature": temperature},
+        file=path.name,
+        file_size_bytes=path.stat().st_size,
+        limitations=["untrained test model"],
+    )
     card.save(folder / f"{name}.json")
     card.card_path = folder / f"{name}.json"
     return card
@@ -61,7 +83,15 @@ def write_model(root: Path, task: str, name: str, model: keras.Model, *, head: s
 def write_weights(root: Path) -> Path:
     """Two models for each task: flat softmax and nested sigmoid."""
     for task in TASKS:
-        write_model(root, task, "flat-softmax", flat_softmax_model(), head="softmax", cam_layer="flat_last_conv",
-                    threshold=0.4, temperature=1.5)
+        write_model(
+            root,
+            task,
+            "flat-softmax",
+            flat_softmax_model(),
+            head="softmax",
+            cam_layer="flat_last_conv",
+            threshold=0.4,
+            temperature=1.5,
+        )
         write_model(root, task, "nested-sigmoid", nested_sigmoid_model(), head="sigmoid", cam_layer="base_last_conv")
     return root

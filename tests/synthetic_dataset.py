@@ -25,7 +25,7 @@ def synthetic_image(positive: bool, rng: np.random.Generator, shape: tuple[int, 
     if positive:
         centre_r, centre_c = rng.uniform(0.25, 0.75) * height, rng.uniform(0.25, 0.75) * width
         radius = 0.12 * min(shape)
-        image += 140 * np.exp(-(((rows - centre_r) ** 2 + (cols - centre_c) ** 2) / (2 * radius ** 2)))
+        image += 140 * np.exp(-(((rows - centre_r) ** 2 + (cols - centre_c) ** 2) / (2 * radius**2)))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

@@ -40,7 +40,8 @@ def test_json_lines_one_record_per_file_in_input_order(weights_root, inputs, cap
     assert [r["file"] for r in records] == inputs
     good, text, missing, empty, again = records
     for record in (good, again):
-        assert record["error"] is None and record["task"] == "xray-pneumonia"
+        assert record["error"] is None
+        assert record["task"] == "xray-pneumonia"
         assert set(record["modality"]) >= {"predicted", "score"}
         assert [m["name"] for m in record["models"]] == ["flat-softmax", "nested-sigmoid"]
         for model in record["models"]:
@@ -48,30 +49,50 @@ def test_json_lines_one_record_per_file_in_input_order(weights_root, inputs, cap
             assert sum(model["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
             assert model["predicted"] in model["probabilities"]
             assert 0 <= model["threshold"] <= 1
-    assert good["models"] == [{**m, "seconds": a["seconds"]} for m, a in zip(again["models"], good["models"])]
-    assert "not an image" in text["error"] and text["models"] == []
+    assert good["models"] == [
+        {**m, "seconds": a["seconds"]} for m, a in zip(again["models"], good["models"], strict=True)
+    ]
+    assert "not an image" in text["error"]
+    assert text["models"] == []
     assert "cannot read file" in missing["error"]
     assert "empty" in empty["error"]
 
 
 def test_model_selection_and_heatmaps_on_disk(weights_root, inputs, tmp_path, capsys):
     out = tmp_path / "heatmaps"
-    status = main(["predict", inputs[0], "--json", "--task", "ct-covid", "--models", "nested-sigmoid",
-                   "--save-heatmaps", str(out), "--weights", str(weights_root)])
+    status = main(
+        [
+            "predict",
+            inputs[0],
+            "--json",
+            "--task",
+            "ct-covid",
+            "--models",
+            "nested-sigmoid",
+            "--save-heatmaps",
+            str(out),
+            "--weights",
+            str(weights_root),
+        ]
+    )
     (record,) = _records(capsys)
-    assert status == 0 and [m["name"] for m in record["models"]] == ["nested-sigmoid"]
+    assert status == 0
+    assert [m["name"] for m in record["models"]] == ["nested-sigmoid"]
     (png,) = out.glob("*.png")
     assert png.name == "chest__nested-sigmoid.png"
     assert Image.open(png).size == (180, 200)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--models", "resnet"], "unknown model(s) resnet"),
-    (["--method", "occlusion"], "unknown method 'occlusion'"),
-    (["--task", "mri"], "invalid choice: 'mri'"),
-    (["--task", "ct-covid", "--target", "PNEUMONIA"], "cannot explain class 'PNEUMONIA'"),
-    (["--weights", "/no/such/weights"], "weights folder /no/such/weights does not exist"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--models", "resnet"], "unknown model(s) resnet"),
+        (["--method", "occlusion"], "unknown method 'occlusion'"),
+        (["--task", "mri"], "invalid choice: 'mri'"),
+        (["--task", "ct-covid", "--target", "PNEUMONIA"], "cannot explain class 'PNEUMONIA'"),
+        (["--weights", "/no/such/weights"], "weights folder /no/such/weights does not exist"),
+    ],
+)
 def test_usage_errors_exit_2_with_a_message(weights_root, inputs, capsys, arguments, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", inputs[0], "--weights", str(weights_root), *arguments])
@@ -82,25 +103,44 @@ def test_usage_errors_exit_2_with_a_message(weights_root, inputs, capsys, argume
 def test_human_readable_output(weights_root, inputs, capsys):
     main(["predict", inputs[0], inputs[1], "--task", "xray-pneumonia", "--weights", str(weights_root)])
     out = capsys.readouterr().out
-    assert "flat-softmax" in out and "P(PNEUMONIA)=" in out
+    assert "flat-softmax" in out
+    assert "P(PNEUMONIA)=" in out
     assert f"{inputs[1]}: ERROR" in out
 
 
 def test_module_entry_point_never_prints_a_traceback(weights_root, tmp_path):
     bad = tmp_path / "scan.dcm"
     bad.write_bytes(b"\x00" * 128 + b"DICM" + b"\x01\x02" * 10)
-    done = subprocess.run([sys.executable, "-m", "lungviz", "predict", str(bad), "--json", "--method", "none",
-                           "--weights", str(weights_root)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungviz",
+            "predict",
+            str(bad),
+            "--json",
+            "--method",
+            "none",
+            "--weights",
+            str(weights_root),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
-    assert record["file"] == str(bad) and record["error"]
+    assert record["file"] == str(bad)
+    assert record["error"]
 
 
 def test_empty_weights_folder_is_a_usage_error(inputs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", inputs[0], "--weights", str(tmp_path)])
-    assert exit_info.value.code == 2 and "no models in" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "no models in" in capsys.readouterr().err
 
 
 def test_inputs_with_the_same_stem_keep_both_heatmaps(weights_root, tmp_path, capsys):
@@ -108,18 +148,36 @@ def test_inputs_with_the_same_stem_keep_both_heatmaps(weights_root, tmp_path, ca
     first.mkdir(), second.mkdir()
     files = [str(_chest_png(first / "chest.png")), str(_chest_png(second / "chest.png", (150, 200)))]
     out = tmp_path / "heatmaps"
-    main(["predict", *files, "--task", "ct-covid", "--models", "flat-softmax", "--save-heatmaps", str(out),
-          "--weights", str(weights_root)])
+    main(
+        [
+            "predict",
+            *files,
+            "--task",
+            "ct-covid",
+            "--models",
+            "flat-softmax",
+            "--save-heatmaps",
+            str(out),
+            "--weights",
+            str(weights_root),
+        ]
+    )
     assert sorted(p.name for p in out.glob("*.png")) == ["001-chest__flat-softmax.png", "chest__flat-softmax.png"]
     assert Image.open(out / "001-chest__flat-softmax.png").size == (200, 150)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["train", "--data", ".", "--task", "ct-covid", "--arch", "simple_cnn", "--finetune-blocks", "two"],
-     "expected a number of blocks or 'all'"),
-    (["cards", "--update-readme", "--weights", "."], "cannot be used with --weights"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["train", "--data", ".", "--task", "ct-covid", "--arch", "simple_cnn", "--finetune-blocks", "two"],
+            "expected a number of blocks or 'all'",
+        ),
+        (["cards", "--update-readme", "--weights", "."], "cannot be used with --weights"),
+    ],
+)
 def test_other_commands_report_bad_arguments_without_a_traceback(arguments, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(arguments)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

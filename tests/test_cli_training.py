@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from lungviz.cards import TASKS, ModelCard
 from lungviz.cli import main
+from lungviz.models.cards import ModelCard
+from lungviz.tasks import TASKS
 from tests.synthetic_dataset import synthetic_image, write_blob_dataset
 
 TASK = "ct-covid"
@@ -16,11 +17,31 @@ TASK = "ct-covid"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_training")
-    data = write_blob_dataset(root / "data", TASKS[TASK], {"train": 24, "val": 12, "test": 12})
+    data = write_blob_dataset(root / "data", TASKS[TASK].classes, {"train": 24, "val": 12, "test": 12})
     weights = root / "weights"
-    status = main(["train", "--data", str(data), "--task", TASK, "--arch", "simple_cnn", "--name", "tiny",
-                   "--input-size", "32", "--epochs", "2", "--batch-size", "8", "--out", str(weights / TASK),
-                   "--run-dir", str(root / "run")])
+    status = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--task",
+            TASK,
+            "--arch",
+            "simple_cnn",
+            "--name",
+            "tiny",
+            "--input-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            str(weights / TASK),
+            "--run-dir",
+            str(root / "run"),
+        ]
+    )
     assert status == 0
     return data, weights
 
@@ -28,20 +49,24 @@ def trained(tmp_path_factory):
 def test_train_writes_a_model_and_a_card_that_records_the_command(trained):
     _, weights = trained
     card = ModelCard.load(weights / TASK / "tiny.json")
-    assert card.model_path.is_file() and card.input_size == [32, 32]
+    assert card.model_path.is_file()
+    assert card.input_size == [32, 32]
     assert card.training["command"].startswith("python -m lungviz train --data")
-    assert card.calibration["method"] == "temperature" and 0 <= card.threshold <= 1
+    assert card.calibration["method"] == "temperature"
+    assert 0 <= card.threshold <= 1
 
 
 def test_evaluate_reports_and_writes_card_metrics(trained, capsys):
     data, weights = trained
     capsys.readouterr()
-    assert main(["evaluate", "--task", TASK, "--data", str(data), "--weights", str(weights), "--json",
-                 "--update-cards"]) == 0
+    assert (
+        main(["evaluate", "--task", TASK, "--data", str(data), "--weights", str(weights), "--json", "--update-cards"])
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     card = ModelCard.load(weights / TASK / "tiny.json")
     assert (report["task"], list(report["models"]), report["ensemble"]) == (TASK, ["tiny"], None)
-    assert report["test_counts"] == {name: 12 for name in TASKS[TASK]}
+    assert report["test_counts"] == dict.fromkeys(TASKS[TASK].classes, 12)
     entry = report["models"]["tiny"]
     (negatives_right, false_positives), (false_negatives, positives_right) = entry["confusion_matrix"]
     assert negatives_right + false_positives == false_negatives + positives_right == 12
@@ -49,7 +74,8 @@ def test_evaluate_reports_and_writes_card_metrics(trained, capsys):
     assert accuracy == pytest.approx((negatives_right + positives_right) / 24)
     assert entry["threshold"] == card.threshold
     # --update-cards wrote this very report into the card
-    assert card.metrics["test"] == entry["metrics"] and card.metrics["confusion_matrix"] == entry["confusion_matrix"]
+    assert card.metrics["test"] == entry["metrics"]
+    assert card.metrics["confusion_matrix"] == entry["confusion_matrix"]
     assert main(["cards", "--weights", str(weights)]) == 0
     assert "| ct-covid | tiny | simple_cnn | 32x32 |" in capsys.readouterr().out
 
@@ -65,11 +91,15 @@ def test_predict_uses_the_trained_model(trained, tmp_path, capsys):
     assert [m["name"] for m in record["models"]] == ["tiny"]
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["train", "--data", "/no/such/folder", "--task", TASK, "--arch", "simple_cnn"], "does not exist"),
-    (["evaluate", "--data", "/no/such/folder", "--task", TASK], "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["train", "--data", "/no/such/folder", "--task", TASK, "--arch", "simple_cnn"], "does not exist"),
+        (["evaluate", "--data", "/no/such/folder", "--task", TASK], "does not exist"),
+    ],
+)
 def test_missing_data_folder_is_a_usage_error(arguments, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(arguments)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -74,7 +74,7 @@ def compare(variant: str, torch_python: str) -> None:
     import keras
     import skimage.data
 
-    from lungviz.backbones import efficientnet_lite as lite
+    from lungviz.models.backbones import efficientnet_lite as lite
 
     size = lite.VARIANTS[variant].resolution
     rng = np.random.default_rng(0)
@@ -85,14 +85,12 @@ def compare(variant: str, torch_python: str) -> None:
     weights = lite.imagenet_weights_path(variant)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "pixels.npy", pixels)
-        subprocess.run(
-            [torch_python, __file__, "--reference", variant, str(weights), tmp], check=True
-        )
+        subprocess.run([torch_python, __file__, "--reference", variant, str(weights), tmp], check=True)
         reference = dict(np.load(Path(tmp) / "reference.npz"))
 
     model = lite.build_efficientnet_lite(variant, (size, size, 3), include_top=True)
     blocks = lite.block_names(model)
-    block_outputs = [[l for l in model.layers if l.name.startswith(f"{b}_")][-1].output for b in blocks]
+    block_outputs = [[layer for layer in model.layers if layer.name.startswith(f"{b}_")][-1].output for b in blocks]
     names = ["stem_bn", *(f"block{i}" for i in range(len(blocks))), "top_bn", "predictions"]
     tensors = [
         model.get_layer("stem_activation").output,
@@ -102,13 +100,13 @@ def compare(variant: str, torch_python: str) -> None:
     ]
     ours = keras.Model(model.input, tensors).predict(pixels, verbose=0)
     print(f"{variant} ({size}x{size}, {len(blocks)} blocks): max |keras - torch|")
-    for name, value in zip(names, ours):
+    for name, value in zip(names, ours, strict=False):
         scale = np.abs(reference[name]).max()
         print(f"  {name:12s} {np.abs(value - reference[name]).max():.3g}   (max |torch| {scale:.3g})")
     top_ours = np.argsort(-ours[-1], axis=1)[:, :5]
     top_ref = np.argsort(-reference["predictions"], axis=1)[:, :5]
     print("  top-5 identical for all inputs:", bool((top_ours == top_ref).all()))
-    for name, top, probs in zip(PHOTOS, top_ours, ours[-1]):
+    for name, top, probs in zip(PHOTOS, top_ours, ours[-1], strict=False):
         print(f"  {name:10s} top-5 {top.tolist()} p=[{', '.join(f'{q:.3f}' for q in probs[top])}]")
     normalisation_evidence(model, pixels[: len(PHOTOS)])
 
@@ -147,7 +145,7 @@ def main() -> None:
     if not args.torch_python:
         parser.error("--torch-python is required")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from lungviz.backbones.efficientnet_lite import VARIANTS
+    from lungviz.models.backbones.efficientnet_lite import VARIANTS
 
     for variant in args.variants or VARIANTS:
         compare(variant, args.torch_python)

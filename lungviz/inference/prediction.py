@@ -1,0 +1,114 @@
+"""Running one model on one chest image: inputs, calibrated probabilities, decision, heatmap.
+
+Data flows one way here: a grayscale image in [0, 1] becomes the model's input
+(stretched to the card's size, as the training images were), the model's
+probabilities are calibrated with the card's temperature, the card's threshold
+turns them into a decision, and the explanation method gives a heatmap that is
+brought back to the image's own resolution.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lungviz.errors import ChoiceError
+from lungviz.inference.explanations import (
+    ClassChoice,
+    Explainer,
+    get_explainer,
+    resize_heatmap,
+)
+from lungviz.models.cards import ModelCard
+from lungviz.models.outputs import apply_temperature, calibrated_probabilities, decide
+from lungviz.preprocessing import image_to_input
+
+PREDICTED = "predicted"
+"""Target meaning "explain whichever class the model decided on"."""
+
+
+@dataclass
+class ModelResult:
+    """One model's answer on one image, ready for figures and exports."""
+
+    name: str
+    architecture: str
+    classes: list[str]
+    positive_class: str
+    probabilities: dict[str, float]
+    predicted: str
+    threshold: float
+    seconds: float
+    method: str | None = None
+    explained_class: str | None = None
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def positive_probability(self) -> float:
+        return self.probabilities[self.positive_class]
+
+
+class Classifier:
+    """A loaded model with its card; the compiled forward pass and the explainers are built once and reused."""
+
+    def __init__(self, card: ModelCard, model: keras.Model) -> None:
+        self.card = card
+        self.model = model
+        self._explainers: dict[str, Explainer] = {}
+        self._forward: Callable[[np.ndarray], Any] | None = None
+
+    def explainer(self, method: str) -> Explainer:
+        if method not in self._explainers:
+            self._explainers[method] = get_explainer(method, self.model, self.card.cam_layer)
+        return self._explainers[method]
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, shape (n, classes), for a batch of model inputs."""
+        if self._forward is None:  # compiled on first use: an eager Keras call costs several forward passes
+            self._forward = tf.function(partial(self.model, training=False), reduce_retracing=True)
+        raw = np.asarray(self._forward(tf.convert_to_tensor(batch, tf.float32)))
+        return calibrated_probabilities(raw, self.card.head, self.card.temperature)
+
+    def run(self, pixels: np.ndarray, method: str | None = None, target: str = PREDICTED) -> ModelResult:
+        """Classify one image and, when a method is given, explain `target`."""
+        if target != PREDICTED and target not in self.card.classes:
+            raise ChoiceError(f"cannot explain class {target!r}: model {self.card.name!r} knows {self.card.classes}")
+        started = time.perf_counter()
+        inputs = image_to_input(pixels, self.card.input_size)
+        heatmap = explained = None
+        if method is None:
+            probabilities = self.predict_batch(inputs)[0]
+        else:
+            raw, cam = self.explainer(method).explain_with_probabilities(inputs, self._class_to_explain(target))
+            probabilities = apply_temperature(raw, self.card.temperature)
+            heatmap = resize_heatmap(cam, pixels.shape[:2])
+        predicted = decide(probabilities, self.card)
+        if method is not None:
+            explained = predicted if target == PREDICTED else target
+        return ModelResult(
+            name=self.card.name,
+            architecture=self.card.architecture,
+            classes=list(self.card.classes),
+            positive_class=self.card.positive_class,
+            probabilities={c: float(p) for c, p in zip(self.card.classes, probabilities, strict=True)},
+            predicted=predicted,
+            threshold=float(self.card.threshold),
+            seconds=time.perf_counter() - started,
+            method=method,
+            explained_class=explained,
+            heatmap=heatmap,
+        )
+
+    def _class_to_explain(self, target: str) -> ClassChoice:
+        """The target's class index, or for PREDICTED the rule that finds it from the model's raw probabilities."""
+        if target != PREDICTED:
+            return self.card.classes.index(target)
+        card = self.card
+        return lambda raw: card.classes.index(decide(apply_temperature(raw, card.temperature), card))

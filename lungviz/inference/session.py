@@ -1,0 +1,178 @@
+"""An analysis session: the registry's models, loaded once, applied to files.
+
+The CLI makes one session per process; the dashboard keeps one in Streamlit's
+resource cache. Either way each model is loaded once, the modality gate routes
+each image to its task, and a bad file becomes an `Analysis` with an error
+instead of an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from lungviz.errors import (
+    ChoiceError,
+    ExplanationError,
+    ImageInputError,
+    ModelLoadError,
+)
+from lungviz.inference.images import ChestImage, load_image
+from lungviz.inference.modality import (
+    ModalityAssessment,
+    ModalityGate,
+    assess_modality,
+    load_gate,
+)
+from lungviz.inference.prediction import PREDICTED, Classifier, ModelResult
+from lungviz.models.cards import ModelCard
+from lungviz.models.registry import discover, load_model, select_cards, weights_dir
+from lungviz.reporting.export import file_record, overlay_filename, png_bytes
+from lungviz.reporting.overlay import render_overlay
+from lungviz.tasks import TASKS, get_task
+
+AUTO = "auto"
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as (message, step, total_steps) while models load and run."""
+
+
+@dataclass
+class Analysis:
+    """Everything known about one input file after analysis."""
+
+    file: str
+    image: ChestImage | None = None
+    error: str | None = None
+    modality: ModalityAssessment | None = None
+    task: str | None = None
+    warning: str | None = None
+    results: list[ModelResult] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return file_record(
+            self.file,
+            error=self.error,
+            task=self.task,
+            modality=self.modality.to_dict() if self.modality else None,
+            warning=self.warning,
+            results=self.results,
+        )
+
+
+class AnalysisSession:
+    """Models of every task, loaded lazily and kept for the life of the process."""
+
+    def __init__(self, weights: Path | None = None) -> None:
+        self.root = Path(weights) if weights is not None else weights_dir()
+        self.cards: dict[str, list[ModelCard]] = discover(self.root)
+        self._classifiers: dict[tuple[str, str], Classifier] = {}
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks that have at least one model."""
+        return [task for task, cards in self.cards.items() if cards]
+
+    def check_request(self, models: Sequence[str] | None, task: str = AUTO, target: str = PREDICTED) -> None:
+        """Raise ChoiceError for model names or a class to explain that the chosen task(s) do not have."""
+        cards = [card for t in (self.tasks if task == AUTO else [task]) for card in self.cards.get(t, [])]
+        select_cards(list({card.name: card for card in cards}.values()), list(models) if models else None)
+        classes = list(dict.fromkeys(c for card in cards for c in card.classes))
+        if target != PREDICTED and target not in classes:
+            raise ChoiceError(f"cannot explain class {target!r}; choose from {PREDICTED}, {', '.join(classes)}")
+
+    def classifier(self, card: ModelCard) -> Classifier:
+        key = (card.task, card.name)
+        if key not in self._classifiers:
+            self._classifiers[key] = Classifier(card, load_model(card))
+        return self._classifiers[key]
+
+    @cached_property
+    def gate(self) -> ModalityGate | None:
+        """The modality gate, loaded on first use (None where the weights folder has none)."""
+        return load_gate(self.root)
+
+    def choose_task(self, assessment: ModalityAssessment, requested: str = AUTO) -> tuple[str | None, str | None]:
+        """The task to run and a warning for the user, if any.
+
+        A manual task always wins. In auto mode an image the gate calls
+        "other" is not classified: a confident answer on a photo would mislead.
+        """
+        if requested != AUTO:
+            expected = get_task(requested).modality
+            if assessment.predicted not in (None, expected):
+                return requested, (
+                    f"this image looks like {assessment.describe()}, but was sent to the {requested} models as asked"
+                )
+            return requested, None
+        if assessment.predicted == "other":
+            return None, (
+                f"this does not look like a chest X-ray or chest CT slice "
+                f"({assessment.describe()}); choose a task to analyse it anyway"
+            )
+        for task in TASKS.values():
+            if task.modality == assessment.predicted and self.cards.get(task.name):
+                return task.name, None
+        fallback = self.tasks[0] if self.tasks else None
+        return fallback, (
+            None if fallback is None else f"modality unknown; using the {fallback} models (choose a task to change)"
+        )
+
+    def analyse_image(
+        self,
+        image: ChestImage,
+        *,
+        file: str | None = None,
+        task: str = AUTO,
+        models: Sequence[str] | None = None,
+        method: str | None = "gradcam",
+        target: str = PREDICTED,
+        progress: ProgressCallback | None = None,
+    ) -> Analysis:
+        """Gate, route and run the selected models of the chosen task on one image."""
+        analysis = Analysis(file=file or image.name, image=image)
+        analysis.modality = assess_modality(image, self.gate)
+        analysis.task, analysis.warning = self.choose_task(analysis.modality, task)
+        if analysis.task is None:
+            return analysis
+        cards = [c for c in self.cards[analysis.task] if models is None or c.name in models]
+        for step, card in enumerate(cards):
+            if progress:
+                progress(f"{card.name}: loading and running", step, len(cards))
+            wanted = target if target == PREDICTED or target in card.classes else PREDICTED
+            try:
+                analysis.results.append(self.classifier(card).run(image.pixels, method, wanted))
+            except (ModelLoadError, ExplanationError) as error:  # a broken model: say so, keep the others
+                failure = f"model {card.name} could not run: {error}"
+                analysis.warning = f"{analysis.warning}; {failure}" if analysis.warning else failure
+        if progress:
+            progress("done", len(cards), len(cards))
+        return analysis
+
+    def analyse_bytes(self, data: bytes, name: str, **options: Any) -> Analysis:
+        """Like `analyse_image`, from a file's bytes; unreadable files give an error record."""
+        try:
+            image = load_image(data, name)
+        except ImageInputError as error:
+            return Analysis(file=name, error=str(error))
+        return self.analyse_image(image, file=name, **options)
+
+    def analyse_path(
+        self, path: str, *, want_overlays: bool = False, **options: Any
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """A file on disk to its record and, if wanted, overlay PNGs keyed by file name."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            return Analysis(file=path, error=f"{path}: cannot read file ({error.strerror or error})").record(), {}
+        analysis = self.analyse_bytes(data, path, **options)
+        overlays = {}
+        if want_overlays and analysis.image is not None:
+            for result in analysis.results:
+                if result.heatmap is not None:
+                    overlays[overlay_filename(path, result.name)] = png_bytes(
+                        render_overlay(analysis.image.pixels, result.heatmap)
+                    )
+        return analysis.record(), overlays

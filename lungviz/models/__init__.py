@@ -1,0 +1,1 @@
+"""Models: cards, the registry read from weights/, architectures, pretrained backbones, compact storage."""

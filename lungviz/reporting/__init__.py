@@ -1,0 +1,1 @@
+"""Reporting: overlays, plotly figures, tables and the exported records."""

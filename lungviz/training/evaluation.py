@@ -1,0 +1,276 @@
+"""Evaluating a task's models and their ensemble on the held-out test split.
+
+Each model is scored exactly as the dashboard uses it: its raw output is
+calibrated with the card's temperature and cut at the card's threshold. The
+ensemble averages the members' calibrated class probabilities; its threshold is
+chosen on the validation split by the same rule the trainer uses for single
+models, so no test image influences any operating point. Metrics carry
+stratified bootstrap 95% intervals with a fixed seed and inference runs with a
+fixed batch size, so running `evaluate` again reproduces the numbers that
+`update_card_metrics` wrote into the cards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungviz.errors import EvaluationError
+from lungviz.models.cards import ModelCard
+from lungviz.models.outputs import apply_temperature, as_class_probabilities
+from lungviz.reporting.tables import format_with_ci
+from lungviz.tasks import get_task
+from lungviz.training import metrics
+from lungviz.training.calibration import THRESHOLD_RULE, choose_threshold
+from lungviz.training.datasets import SplitData, iterate_batches, load_split
+
+ENSEMBLE = "ensemble"
+EVALUATION_BATCH_SIZE = 32
+SUMMARY_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc", "pr_auc")
+
+
+def raw_probabilities(model, images: np.ndarray, head: str, batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
+    """Uncalibrated class probabilities (n, classes) of uint8 images already at the model's input size.
+
+    The model is called eagerly batch by batch, as the dashboard calls it, so
+    the temperature fitted on these outputs is the one the dashboard needs.
+    """
+    raw = np.concatenate([np.asarray(model(batch, training=False)) for batch in iterate_batches(images, batch_size)])
+    return as_class_probabilities(raw, head)
+
+
+def predict_probabilities(
+    model, card: ModelCard, images: np.ndarray, batch_size: int = EVALUATION_BATCH_SIZE
+) -> np.ndarray:
+    """Calibrated class probabilities (n, classes): raw output scaled by the card's temperature."""
+    return apply_temperature(raw_probabilities(model, images, card.head, batch_size), card.temperature)
+
+
+def score(
+    is_positive: np.ndarray,
+    p_positive: np.ndarray,
+    threshold: float,
+    *,
+    resamples: int = metrics.BOOTSTRAP_RESAMPLES,
+    seed: int = metrics.BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """Everything the report holds for one set of predictions at one threshold."""
+    calibration = metrics.reliability(is_positive, p_positive)
+    return {
+        "threshold": float(threshold),
+        "metrics": metrics.metrics_with_ci(is_positive, p_positive, threshold, resamples=resamples, seed=seed),
+        "ece": calibration.pop("ece"),
+        "confusion_matrix": metrics.confusion_matrix(is_positive, p_positive, threshold),
+        "roc": metrics.roc_points(is_positive, p_positive),
+        "pr": metrics.pr_points(is_positive, p_positive),
+        "reliability": calibration,
+    }
+
+
+def _check_models(task: str, models: Sequence[tuple[ModelCard, Any]]) -> tuple[str, ...]:
+    classes = get_task(task).classes
+    if not models:
+        raise EvaluationError(f"no models to evaluate for {task}")
+    names = [card.name for card, _ in models]
+    if len(set(names)) != len(names) or ENSEMBLE in names:
+        raise EvaluationError(f"model names must be unique and not {ENSEMBLE!r}: {names}")
+    for card, _ in models:
+        if card.task != task or tuple(card.classes) != classes:
+            raise EvaluationError(f"model {card.name!r} is for {card.task} {card.classes}, not {task} {list(classes)}")
+    return classes
+
+
+def evaluate_task(
+    task: str,
+    data_dir: Path,
+    models: Sequence[tuple[ModelCard, Any]],
+    out_dir: Path | None = None,
+    *,
+    batch_size: int = EVALUATION_BATCH_SIZE,
+    resamples: int = metrics.BOOTSTRAP_RESAMPLES,
+    seed: int = metrics.BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """Test-split report for every (card, loaded Keras model) pair and, with two or more, their ensemble.
+
+    With out_dir, also writes report.json, summary.md and figures.html there.
+    """
+    classes = _check_models(task, models)
+    data_dir = Path(data_dir)
+    positive = classes.index(get_task(task).positive_class)
+    splits: dict[tuple[str, tuple[int, int]], SplitData] = {}
+
+    def split_at(name: str, card: ModelCard) -> SplitData:
+        key = (name, (card.input_size[0], card.input_size[1]))
+        if key not in splits:
+            splits[key] = load_split(data_dir, name, classes, card.input_size)
+        return splits[key]
+
+    need_val = len(models) > 1
+    test_p, val_p = {}, {}
+    for card, model in models:
+        test_p[card.name] = predict_probabilities(model, card, split_at("test", card).images, batch_size)
+        if need_val:
+            val_p[card.name] = predict_probabilities(model, card, split_at("val", card).images, batch_size)
+    first = models[0][0]  # every input size lists the same files in the same order
+    test = split_at("test", first)
+    truth = test.labels == positive
+    report: dict[str, Any] = {
+        "task": task,
+        "data_dir": data_dir.name,
+        "split": "test",
+        "classes": list(classes),
+        "positive_class": classes[positive],
+        "test_counts": test.counts(),
+        "batch_size": batch_size,
+        "bootstrap": {"method": "stratified percentile", "resamples": resamples, "seed": seed, "level": 0.95},
+        "models": {},
+        "ensemble": None,
+    }
+    for card, _ in models:
+        entry = score(truth, test_p[card.name][:, positive], card.threshold, resamples=resamples, seed=seed)
+        report["models"][card.name] = {
+            "architecture": card.architecture,
+            "threshold_rule": card.threshold_rule,
+            "temperature": card.temperature,
+            **entry,
+        }
+    if need_val:
+        val = split_at("val", first)
+        val_mean = np.mean([val_p[card.name][:, positive] for card, _ in models], axis=0)
+        point = choose_threshold(val_mean, val.labels == positive)
+        test_mean = np.mean([test_p[card.name][:, positive] for card, _ in models], axis=0)
+        report["ensemble"] = {
+            "members": [card.name for card, _ in models],
+            "combination": "mean calibrated probability",
+            "threshold_rule": THRESHOLD_RULE,
+            **score(truth, test_mean, point.threshold, resamples=resamples, seed=seed),
+        }
+    if out_dir is not None:
+        write_report(report, Path(out_dir))
+    return report
+
+
+def update_card_metrics(card: ModelCard, report: dict[str, Any], *, save: bool = True) -> ModelCard:
+    """Put the model's test results from `report` into its card (and save it where it was loaded from)."""
+    if report["task"] != card.task or card.name not in report["models"]:
+        raise EvaluationError(f"the report for {report['task']} has no results for model {card.name!r}")
+    entry = report["models"][card.name]
+    card.metrics = {
+        "test": entry["metrics"],
+        "ece": entry["ece"],
+        "confusion_matrix": entry["confusion_matrix"],
+        "threshold": entry["threshold"],
+        "data_dir": report["data_dir"],
+        "test_counts": report["test_counts"],
+        "bootstrap": report["bootstrap"],
+        "batch_size": report["batch_size"],
+    }
+    if save:
+        if card.card_path is None:
+            raise EvaluationError(f"model card {card.name!r} was not loaded from a file; cannot save it")
+        card.save(card.card_path)
+    return card
+
+
+def _results(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every scored entry by name, the ensemble last."""
+    entries = dict(report["models"])
+    if report["ensemble"] is not None:
+        entries[ENSEMBLE] = report["ensemble"]
+    return entries
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """One row per model (and the ensemble): the headline metrics with their 95% intervals."""
+    counts = ", ".join(f"{n} {name}" for name, n in report["test_counts"].items())
+    lines = [
+        f"## {report['task']}: {report['data_dir']} test split ({counts})",
+        "",
+        f"Positive class {report['positive_class']}. 95% intervals: {report['bootstrap']['method']} bootstrap, "
+        f"{report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}.",
+        "",
+        "| model | threshold | " + " | ".join(SUMMARY_METRICS) + " | ECE |",
+        "|---|---:|" + "---|" * len(SUMMARY_METRICS) + "---:|",
+    ]
+    for name, entry in _results(report).items():
+        cells = " | ".join(format_with_ci(entry["metrics"][m]) for m in SUMMARY_METRICS)
+        lines.append(f"| {name} | {entry['threshold']:.3f} | {cells} | {entry['ece']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """Plotly figures of the report: ROC, precision-recall, reliability diagram, confusion matrices."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    entries = _results(report)
+    roc, pr, reliability = go.Figure(), go.Figure(), go.Figure()
+    for name, entry in entries.items():
+        auc, ap = entry["metrics"]["roc_auc"]["value"], entry["metrics"]["pr_auc"]["value"]
+        roc.add_scatter(x=entry["roc"]["fpr"], y=entry["roc"]["tpr"], mode="lines", name=f"{name} (AUC {auc:.3f})")
+        pr.add_scatter(
+            x=entry["pr"]["recall"],
+            y=entry["pr"]["precision"],
+            mode="lines",
+            line_shape="vh",
+            name=f"{name} (AP {ap:.3f})",
+        )
+        bins = entry["reliability"]
+        reliability.add_scatter(
+            x=bins["mean_predicted"],
+            y=bins["fraction_positive"],
+            mode="lines+markers",
+            name=f"{name} (ECE {entry['ece']:.3f})",
+            customdata=bins["counts"],
+            hovertemplate="mean P %{x:.2f}, observed %{y:.2f}, %{customdata} images",
+        )
+    roc.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="grey", name="chance")
+    reliability.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="grey", name="perfect")
+    positive = report["positive_class"]
+    roc.update_layout(title="ROC (test)", xaxis_title="1 - specificity", yaxis_title="sensitivity")
+    pr.update_layout(title="Precision-recall (test)", xaxis_title=f"recall ({positive})", yaxis_title="precision")
+    reliability.update_layout(
+        title="Reliability of calibrated P(positive), 15 bins",
+        xaxis_title=f"mean predicted P({positive})",
+        yaxis_title=f"observed fraction {positive}",
+    )
+    confusion = make_subplots(rows=1, cols=len(entries), subplot_titles=list(entries))
+    labels = report["classes"]
+    for column, entry in enumerate(entries.values(), start=1):
+        matrix = entry["confusion_matrix"]
+        confusion.add_heatmap(
+            z=matrix,
+            x=[f"called {c}" for c in labels],
+            y=[f"true {c}" for c in labels],
+            text=matrix,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            showscale=False,
+            row=1,
+            col=column,
+        )
+    confusion.update_yaxes(autorange="reversed")
+    confusion.update_layout(title="Confusion matrices at each operating point (test)")
+    for figure in (roc, pr, reliability):
+        figure.update_layout(xaxis_range=[0, 1], yaxis_range=[0, 1.02], width=640, height=520)
+    return {"roc": roc, "pr": pr, "reliability": reliability, "confusion": confusion}
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    """report.json, summary.md and figures.html (one self-contained page: plotly.js embedded once, works offline)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out_dir / "summary.md").write_text(summary_markdown(report))
+    figures = report_figures(report).values()
+    body = "\n".join(
+        figure.to_html(full_html=False, include_plotlyjs=index == 0) for index, figure in enumerate(figures)
+    )
+    title = f"LungViz evaluation: {report['task']}"
+    (out_dir / "figures.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"</head><body><h1>{title}</h1>\n{body}\n</body></html>\n"
+    )

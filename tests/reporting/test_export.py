@@ -1,0 +1,134 @@
+"""Per-file records as CSV rows, JSON Lines and overlay PNGs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from lungviz.inference.modality import ModalityAssessment
+from lungviz.inference.prediction import ModelResult
+from lungviz.reporting.export import (
+    CSV_COLUMNS,
+    file_record,
+    png_bytes,
+    to_csv,
+    to_json_lines,
+)
+from lungviz.reporting.overlay import overlay_heatmap
+from tests.images_factory import chest_radiograph
+
+RECORD_KEYS = ["file", "error", "task", "modality", "warning", "models"]
+
+
+def pneumonia_result(name: str, architecture: str, p_pneumonia: float, threshold: float) -> ModelResult:
+    """An X-ray model's answer as `Classifier.run` gives it, explaining the class it predicted."""
+    predicted = "PNEUMONIA" if p_pneumonia >= threshold else "NORMAL"
+    return ModelResult(
+        name=name,
+        architecture=architecture,
+        classes=["NORMAL", "PNEUMONIA"],
+        positive_class="PNEUMONIA",
+        probabilities={"NORMAL": 1.0 - p_pneumonia, "PNEUMONIA": p_pneumonia},
+        predicted=predicted,
+        threshold=threshold,
+        seconds=0.123456,
+        method="gradcam",
+        explained_class=predicted,
+    )
+
+
+RESULTS = [
+    pneumonia_result("lite0", "efficientnet_lite0", 0.8734567891, 0.41),
+    pneumonia_result("cnn", "simple_cnn", 0.2, 0.55),
+]
+GOOD = file_record(
+    "chest.png",
+    task="xray-pneumonia",
+    modality=ModalityAssessment("xray", 0.31234, "gate").to_dict(),
+    warning="Looks like an X-ray, but the score is close to the limit",
+    results=RESULTS,
+)
+REJECTED = file_record("notes.png", error="notes.png: not an image this reader knows (PNG, JPEG, TIFF, DICOM)")
+
+
+def csv_rows(text: str) -> tuple[list[str], list[dict[str, str]]]:
+    reader = csv.DictReader(io.StringIO(text))
+    return list(reader.fieldnames), list(reader)
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (
+            GOOD,
+            [
+                {
+                    "model": r.name,
+                    "architecture": r.architecture,
+                    "predicted": r.predicted,
+                    "threshold": str(r.threshold),
+                    "positive_class": "PNEUMONIA",
+                    "positive_probability": str(round(r.positive_probability, 6)),
+                    "explained_class": r.predicted,
+                    "method": "gradcam",
+                    "seconds": str(round(r.seconds, 4)),
+                    "error": "",
+                    "task": "xray-pneumonia",
+                    "modality": "xray",
+                    "modality_score": str(GOOD["modality"]["score"]),
+                    "warning": GOOD["warning"],
+                }
+                for r in RESULTS
+            ],
+        ),
+        (
+            REJECTED,
+            [
+                {
+                    "model": "",
+                    "predicted": "",
+                    "positive_probability": "",
+                    "error": REJECTED["error"],
+                    "task": "",
+                    "modality": "",
+                    "warning": "",
+                }
+            ],
+        ),
+    ],
+    ids=["two models", "rejected file"],
+)
+def test_csv_has_one_row_per_file_and_model_and_keeps_rejected_files(record, expected):
+    header, rows = csv_rows(to_csv([record]))
+    assert header == CSV_COLUMNS
+    assert len(rows) == len(expected)
+    for row, wanted in zip(rows, expected, strict=False):
+        assert row["file"] == record["file"]
+        assert {key: row[key] for key in wanted} == wanted
+
+
+@pytest.mark.parametrize("records", [[GOOD, REJECTED], [REJECTED, GOOD]], ids=["good first", "rejected first"])
+def test_json_lines_give_one_parseable_line_per_record_in_order(records):
+    lines = to_json_lines(records).splitlines()
+    parsed = [json.loads(line) for line in lines]
+    assert [list(record) for record in parsed] == [RECORD_KEYS] * len(records)
+    assert parsed == records
+    by_file = {record["file"]: record for record in parsed}
+    assert [m["name"] for m in by_file["chest.png"]["models"]] == ["lite0", "cnn"]
+    assert by_file["notes.png"]["models"] == []
+    assert by_file["notes.png"]["error"].startswith("notes.png:")
+
+
+def test_png_round_trips_to_the_same_rgb_overlay():
+    gray = chest_radiograph(120, 96)
+    rows, columns = np.mgrid[:120, :96]
+    heat = np.exp(-((rows - 40) ** 2 + (columns - 30) ** 2) / 400.0)  # off-centre: a flip or transpose shows
+    rgb = overlay_heatmap(gray, heat, opacity=0.6, colormap="jet")
+    assert not np.array_equal(rgb[..., 0], rgb[..., 2]), "the overlay must be coloured to catch a channel swap"
+    decoded = cv2.imdecode(np.frombuffer(png_bytes(rgb), np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), rgb)

@@ -1,0 +1,137 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from lungviz.errors import EvaluationError
+from lungviz.models.architectures import build_model
+from lungviz.models.cards import ModelCard
+from lungviz.reporting.tables import markdown_table
+from lungviz.training.calibration import THRESHOLD_RULE, choose_threshold
+from lungviz.training.datasets import load_split
+from lungviz.training.evaluation import (
+    ENSEMBLE,
+    evaluate_task,
+    predict_probabilities,
+    update_card_metrics,
+)
+from lungviz.training.metrics import METRICS, binary_metrics
+from lungviz.training.trainer import TrainConfig, train
+from tests.synthetic_dataset import write_blob_dataset
+
+TASK, CLASSES, SIZE = "ct-covid", ("non-COVID", "COVID"), (32, 32)
+RESAMPLES = 200
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_blob_dataset(tmp_path_factory.mktemp("ct"), CLASSES, {"train": 30, "val": 10, "test": 15}, seed=3)
+
+
+@pytest.fixture(scope="module")
+def models(data_dir, tmp_path_factory):
+    """A briefly trained simple CNN and an untrained one with a hand-written card: a good and a useless member."""
+    trained = train(
+        TrainConfig(
+            task=TASK,
+            data_dir=data_dir,
+            architecture="simple_cnn",
+            run_dir=tmp_path_factory.mktemp("run"),
+            input_size=SIZE,
+            batch_size=4,
+            epochs=6,
+            patience=6,
+            verbose=0,
+        )
+    )
+    folder = tmp_path_factory.mktemp("untrained")
+    keras.utils.set_random_seed(1)
+    build_model("simple_cnn", 2, SIZE).model.save(folder / "untrained.keras")
+    untrained = ModelCard(
+        name="untrained",
+        task=TASK,
+        architecture="simple_cnn",
+        classes=list(CLASSES),
+        positive_class="COVID",
+        input_size=list(SIZE),
+        head="softmax",
+        cam_layer="block5_relu",
+        threshold=0.5,
+        file="untrained.keras",
+        card_path=folder / "untrained.json",
+    )
+    untrained.save(untrained.card_path)
+    return [
+        (card, keras.models.load_model(card.model_path, compile=False, safe_mode=True))
+        for card in (ModelCard.load(trained.card_path), ModelCard.load(untrained.card_path))
+    ]
+
+
+@pytest.fixture(scope="module")
+def report(data_dir, models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return evaluate_task(TASK, data_dir, models, out, resamples=RESAMPLES), out
+
+
+def test_report_scores_every_model_and_the_ensemble(report, models):
+    report, _ = report
+    assert report["test_counts"] == {"non-COVID": 15, "COVID": 15}
+    assert report["positive_class"] == "COVID"
+    entries = {**report["models"], ENSEMBLE: report["ensemble"]}
+    assert set(entries) == {"simple-cnn", "untrained", ENSEMBLE}
+    for entry in entries.values():
+        assert {"threshold", "metrics", "ece", "confusion_matrix", "roc", "pr", "reliability"} <= set(entry)
+        assert set(entry["metrics"]) == set(METRICS)
+        for value in entry["metrics"].values():
+            assert value["ci95"][0] <= value["value"] <= value["ci95"][1]
+        assert np.sum(entry["confusion_matrix"]) == 30
+        assert sum(entry["reliability"]["counts"]) == 30
+    assert report["models"]["simple-cnn"]["metrics"]["roc_auc"]["value"] > 0.8  # it learnt the blob
+    assert report["models"]["simple-cnn"]["threshold"] == models[0][0].threshold
+
+
+def test_ensemble_averages_calibrated_probabilities_with_a_validation_threshold(report, models, data_dir):
+    report, _ = report
+    splits = {name: load_split(data_dir, name, CLASSES, SIZE) for name in ("val", "test")}
+    mean_p = {
+        name: np.mean([predict_probabilities(model, card, split.images)[:, 1] for card, model in models], axis=0)
+        for name, split in splits.items()
+    }
+    threshold = choose_threshold(mean_p["val"], splits["val"].labels == 1).threshold
+    ensemble = report["ensemble"]
+    assert ensemble["threshold"] == threshold
+    assert ensemble["threshold_rule"] == THRESHOLD_RULE
+    expected = binary_metrics(splits["test"].labels == 1, mean_p["test"], threshold)
+    assert {k: v["value"] for k, v in ensemble["metrics"].items()} == pytest.approx(expected)
+
+
+def test_files_written_for_people_and_programs(report):
+    report, out = report
+    assert json.loads((out / "report.json").read_text()) == report
+    summary = (out / "summary.md").read_text()
+    assert all(f"| {name} |" in summary for name in ("simple-cnn", "untrained", ENSEMBLE))
+    html = (out / "figures.html").read_text()
+    assert html.count("plotly.js") >= 1
+    assert html.count('class="plotly-graph-div"') == 4
+
+
+def test_card_metrics_are_reproduced_exactly_by_a_second_evaluation(report, models, data_dir):
+    report, _ = report
+    card = update_card_metrics(models[0][0], report)
+    saved = ModelCard.load(card.card_path)
+    again = evaluate_task(TASK, data_dir, models[:1], resamples=RESAMPLES)
+    assert saved.metrics["test"] == again["models"][card.name]["metrics"]
+    assert saved.metrics["test"]["roc_auc"] == report["models"][card.name]["metrics"]["roc_auc"]
+    assert again["ensemble"] is None
+    assert f"{saved.metrics['test']['accuracy']['value']:.3f}" in markdown_table({TASK: [saved]})
+
+
+def test_models_of_another_task_are_refused(models, data_dir):
+    card, model = models[0]
+    with pytest.raises(EvaluationError, match="not xray-pneumonia"):
+        evaluate_task("xray-pneumonia", data_dir, [(card, model)])
+    with pytest.raises(EvaluationError, match="no models"):
+        evaluate_task(TASK, data_dir, [])
+    with pytest.raises(EvaluationError, match="unique"):
+        evaluate_task(TASK, data_dir, [models[0], models[0]])

@@ -1,0 +1,188 @@
+"""End to end: the dashboard served by `streamlit run`, used from a real headless Chromium.
+
+A user drops a PNG radiograph and a CT DICOM slice onto the uploader and waits
+for every model's answer. Debian's Chromium (/usr/bin/chromium) is driven by
+Playwright; the test skips when that browser is absent. The server runs with
+`client.showErrorDetails=full` so that a bug could not hide behind the
+user-facing "none" of .streamlit/config.toml.
+
+The same run makes README's screenshot: set `LUNGVIZ_SCREENSHOT` to where it
+should go (e.g. docs/screenshot.png), and optionally `LUNGVIZ_E2E_WEIGHTS` to a
+real weights folder and `LUNGVIZ_E2E_FILES` to image paths (os.pathsep
+separated) to show real models on real images instead of the test fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungviz.models.registry import WEIGHTS_ENV
+from tests.images_factory import (
+    chest_hounsfield,
+    chest_radiograph,
+    ct_dicom,
+    encode,
+    to_8bit,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DASHBOARD = Path(__file__).resolve().parents[3] / "dashboard.py"
+SERVER_START_SECONDS = 90
+RESULTS_SECONDS = 180  # models load on the first upload
+ERROR_ELEMENTS = "[data-testid=stException], [data-testid=stAlertContentError]"
+"""Streamlit's exception box and st.error, by their test ids."""
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"streamlit exited with status {server.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"streamlit did not answer within {SERVER_START_SECONDS} s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def weights(request) -> Path:
+    chosen = os.environ.get("LUNGVIZ_E2E_WEIGHTS")
+    return Path(chosen) if chosen else request.getfixturevalue("weights_root")
+
+
+@pytest.fixture
+def dashboard_url(weights, tmp_path) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path / "streamlit.log"
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(DASHBOARD),
+        "--server.headless",
+        "true",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.showErrorDetails",
+        "full",
+    ]
+    env = {**os.environ, WEIGHTS_ENV: str(weights), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with log.open("w") as output:
+        server = subprocess.Popen(command, cwd=DASHBOARD.parent, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_healthy(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture
+def upload_paths(tmp_path) -> list[Path]:
+    """Files to drop on the uploader: a PNG radiograph and a CT slice with rescale slope and intercept."""
+    chosen = os.environ.get("LUNGVIZ_E2E_FILES")
+    if chosen:
+        return [Path(path) for path in chosen.split(os.pathsep)]
+    png, dicom = tmp_path / "chest_xray.png", tmp_path / "chest_ct.dcm"
+    png.write_bytes(encode(Image.fromarray(to_8bit(chest_radiograph())), "PNG"))
+    dicom.write_bytes(
+        ct_dicom(chest_hounsfield().astype(np.float64), slope=2.0, intercept=-2048.0, PixelSpacing=[0.7, 0.7])
+    )
+    return [png, dicom]
+
+
+def _first_file_area(page, upload_paths: list[Path]) -> dict[str, float]:
+    """The page from the top down to the second file's header: what README shows."""
+    size = page.viewport_size
+    if len(upload_paths) < 2:
+        return {"x": 0, "y": 0, **size}
+    second = page.get_by_role("heading", name=upload_paths[1].name).bounding_box()
+    return {"x": 0, "y": 0, "width": size["width"], "height": second["y"] - 16}
+
+
+def test_uploaded_png_and_dicom_get_every_models_answer_in_a_real_browser(
+    dashboard_url, upload_paths, weights, tmp_path
+):
+    from playwright.sync_api import expect, sync_playwright
+
+    from lungviz.models.registry import discover
+
+    model_names = {card.name for cards in discover(weights).values() for card in cards}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(dashboard_url)
+            expect(page.get_by_text("Research tool, not a medical device")).to_be_visible(timeout=60_000)
+
+            page.locator("input[type=file]").set_input_files(upload_paths)
+            for path in upload_paths:
+                expect(page.get_by_text(f"All models on {path.name}")).to_be_visible(timeout=RESULTS_SECONDS * 1000)
+            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=60_000)  # the script has finished
+            # Streamlit scrolls inside its main block, so grow the window to the content to capture all of it.
+            height = page.get_by_test_id("stMain").evaluate("main => main.scrollHeight")
+            page.set_viewport_size({"width": 1600, "height": height})
+            page.wait_for_timeout(1500)  # let the plotly charts and images paint
+
+            page.screenshot(path=tmp_path / "dashboard.png")
+            if readme_screenshot := os.environ.get("LUNGVIZ_SCREENSHOT"):
+                Path(readme_screenshot).parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=readme_screenshot, clip=_first_file_area(page, upload_paths))
+            text = page.inner_text("body")
+            alerts = page.locator(ERROR_ELEMENTS).all_inner_texts()
+        finally:
+            browser.close()
+
+    assert not alerts
+    assert "Traceback" not in text
+    headings = [line.strip() for line in text.splitlines()]
+    for name in model_names:
+        assert headings.count(name) >= 1, f"no column for model {name}"
+    assert {"NORMAL", "PNEUMONIA"} & set(headings)
+    assert {"non-COVID", "COVID"} & set(headings)

@@ -1,0 +1,321 @@
+"""The Streamlit dashboard and its model-cards page, driven in-process by Streamlit's AppTest.
+
+AppTest runs the real scripts against the small real Keras models of the
+`weights_root` fixture, with files uploaded through the real file uploader
+(`FileUploader.set_value`), so these tests see what a user would see.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from lungviz.inference.prediction import Classifier
+from lungviz.models.registry import WEIGHTS_ENV, discover
+from tests.images_factory import (
+    PHI,
+    chest_hounsfield,
+    chest_radiograph,
+    ct_dicom,
+    dicom_bytes,
+    dicom_dataset,
+    encode,
+    to_8bit,
+)
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard.py"
+TIMEOUT = 120  # the first analysis of a session loads the models and traces Grad-CAM
+
+
+@pytest.fixture
+def app(weights_root, monkeypatch) -> AppTest:
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights_root))
+    return AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run()
+
+
+@pytest.fixture
+def model_runs(monkeypatch) -> list[str]:
+    """Names of the models run so far: Classifier.run wrapped in-process, where AppTest runs the script."""
+    runs: list[str] = []
+    original = Classifier.run
+
+    def counted(self, *args, **kwargs):
+        runs.append(self.card.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "run", counted)
+    return runs
+
+
+def chest_png() -> bytes:
+    return encode(Image.fromarray(to_8bit(chest_radiograph())), "PNG")
+
+
+def ct_slice(frames: int = 1) -> bytes:
+    """CT in HU stored with a non-trivial rescale, as scanners do; several frames make one multi-frame file."""
+    hu = np.stack([chest_hounsfield(seed=frame) for frame in range(frames)]) if frames > 1 else chest_hounsfield()
+    return ct_dicom(hu, slope=2.0, intercept=-2048.0, PixelSpacing=[0.7, 0.7])
+
+
+def upload(app: AppTest, *files: tuple[str, bytes]) -> AppTest:
+    app.file_uploader[0].set_value([(name, data, "application/octet-stream") for name, data in files])
+    return app.run()
+
+
+def texts(app: AppTest) -> str:
+    """Everything written on the page, to search for words that must (not) appear."""
+    parts = [
+        e.value
+        for kind in ("title", "header", "subheader", "markdown", "caption", "warning", "info", "error", "metric")
+        for e in app.get(kind)
+    ]
+    parts += [table.value.to_string() for table in app.table]
+    return "\n".join(str(part) for part in parts)
+
+
+def model_columns(app: AppTest) -> dict[str, str]:
+    """Model name -> its predicted label, read from each model's column."""
+    found = {}
+    for column in app.columns:
+        names, metrics = column.get("subheader"), column.get("metric")
+        if len(names) == 1 and len(metrics) == 1:
+            found[names[0].value] = metrics[0].value
+    return found
+
+
+def overlay_images(app: AppTest) -> list[str]:
+    return [url for element in app.image for url in element.value]
+
+
+def test_start_page_shows_the_disclaimer_and_a_multi_file_uploader(app):
+    assert not app.exception
+    assert any("not a medical device" in warning.value for warning in app.warning)
+    assert not app.main.markdown, "stray text on the start page (Streamlit magic prints bare module-level literals)"
+    uploader = app.file_uploader[0]
+    assert uploader.accept_multiple_files
+    assert {".png", ".jpg", ".dcm", ".tiff"} <= set(uploader.allowed_type)
+    assert [slider.label for slider in app.sidebar.slider] == ["Heatmap opacity"]
+
+
+def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_only_stops_itself(
+    app, weights_root, model_runs
+):
+    upload(app, ("chest.png", chest_png()), ("broken.png", b"\x89PNG\r\n\x1a\n not really"), ("slice.dcm", ct_slice()))
+
+    assert not app.exception
+    assert len(app.error) == 1
+    assert "broken.png" in app.error[0].value
+    cards = discover(weights_root)
+    columns = model_columns(app)
+    # Both good files render all their task's models; both tasks use the same model names here.
+    assert sorted(model_runs) == sorted([c.name for c in cards["xray-pneumonia"]] + [c.name for c in cards["ct-covid"]])
+    assert set(columns) == {c.name for c in cards["xray-pneumonia"]}
+    assert [header.value for header in app.main.header] == ["chest.png", "broken.png", "slice.dcm", "Downloads"]
+    labels = [metric.value for metric in app.metric]
+    assert len(labels) == 4
+    assert set(labels[:2]) <= {"NORMAL", "PNEUMONIA"}
+    assert set(labels[2:]) <= {"non-COVID", "COVID"}
+    # One probability chart per model plus one comparison per file, all plotly.
+    assert len(app.get("plotly_chart")) == 4 + 2
+    # Source image plus one overlay per model, for each good file.
+    assert len(overlay_images(app)) == 2 * (1 + 2)
+    assert "modality unknown" in texts(app)  # no gate in the fixture: the PNG's routing is explained
+    # The progress boxes end complete, with what ran; they contain the progress bar that moved while models ran.
+    assert [(s.state, s.label.split(" ran in")[0]) for s in app.status] == [
+        ("complete", "2 xray-pneumonia model(s)"),
+        ("complete", "2 ct-covid model(s)"),
+    ]
+    assert all(status.get("progress") for status in app.status)
+
+
+def test_an_unexpected_failure_names_its_file_and_the_next_file_still_renders(app, monkeypatch):
+    """A failure nobody foresaw (here inside a model run) is one file's error message, not a traceback."""
+    failing_shape = (240, 200)
+    original = Classifier.run
+
+    def fails_on_one_image(self, pixels, *args, **kwargs):
+        if pixels.shape == failing_shape:
+            raise RuntimeError("graph execution went wrong")
+        return original(self, pixels, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "run", fails_on_one_image)
+    odd = encode(Image.fromarray(to_8bit(chest_radiograph(*failing_shape))), "PNG")
+    upload(app, ("odd.png", odd), ("chest.png", chest_png()))
+
+    assert not app.exception
+    assert [error.value for error in app.error] == [
+        "odd.png: could not be analysed: RuntimeError: graph execution went wrong"
+    ]
+    assert [header.value for header in app.main.header] == ["odd.png", "chest.png", "Downloads"]
+    assert model_columns(app).keys() == {"flat-softmax", "nested-sigmoid"}
+    assert [status.state for status in app.status] == ["error", "complete"]
+
+
+def test_dicom_shows_technical_metadata_never_patient_fields_and_rewindows_without_rereading(app, model_runs):
+    upload(app, ("slice.dcm", ct_slice()))
+    page = texts(app)
+    assert "CHEST" in page
+    assert "0.7" in page
+    assert "lung (center -600, width 1500)" in page
+    leaked = [keyword for keyword, value in PHI.items() if value in page or value.split("^")[0] in page]
+    assert not leaked
+    assert "a chest CT slice, from the DICOM header" in page
+    assert "ct-covid" in page
+
+    window = next(select for select in app.main.selectbox if select.label == "CT window")
+    assert window.value == "lung"
+    assert len(window.options) == 4
+    before, runs = overlay_images(app), len(model_runs)
+    window.select("bone").run()
+    assert not app.exception
+    assert len(model_runs) == runs + 2  # a new window is a new model input
+    assert overlay_images(app)[0] != before[0]
+    assert "bone (center 400, width 1800)" in texts(app)
+
+
+def test_multi_frame_dicom_offers_a_frame_selector(app, model_runs):
+    upload(app, ("series.dcm", ct_slice(frames=3)))
+    frame = next(slider for slider in app.main.slider if slider.label == "Frame")
+    assert (frame.min, frame.max, frame.value) == (0, 2, 0)
+    before, runs = overlay_images(app), len(model_runs)
+    frame.set_value(2).run()
+    assert not app.exception
+    assert len(model_runs) == runs + 2
+    assert app.slider(key=frame.key).value == 2
+    assert overlay_images(app)[0] != before[0]
+
+
+@pytest.mark.parametrize(
+    ("control", "change"),
+    [
+        ("opacity", lambda app: app.slider[0].set_value(0.9)),
+        ("colormap", lambda app: _sidebar_select(app, "Colormap").select("jet")),
+        ("outline", lambda app: app.radio[0].set_value("box")),
+    ],
+    ids=["opacity", "colormap", "outline"],
+)
+def test_display_controls_redraw_overlays_without_rerunning_models(app, model_runs, control, change):
+    upload(app, ("chest.png", chest_png()))
+    assert len(model_runs) == 2
+    before = overlay_images(app)
+    change(app).run()
+    assert not app.exception
+    assert len(model_runs) == 2, f"changing the {control} re-ran the models"
+    after = overlay_images(app)
+    assert after[0] == before[0], "the source image changed"
+    assert all(new != old for new, old in zip(after[1:], before[1:], strict=False)), "the overlays were not redrawn"
+    assert model_columns(app).keys() == {"flat-softmax", "nested-sigmoid"}
+
+
+def _sidebar_select(app: AppTest, label: str):
+    return next(select for select in app.sidebar.selectbox if select.label == label)
+
+
+def test_analysis_controls_do_rerun_and_deselected_models_disappear(app, model_runs):
+    upload(app, ("chest.png", chest_png()))
+    _sidebar_select(app, "Explanation method").select("gradcam++").run()
+    assert not app.exception
+    assert len(model_runs) == 4
+    app.multiselect[0].unselect("nested-sigmoid").run()
+    assert not app.exception
+    assert list(model_columns(app)) == ["flat-softmax"]
+    assert len(model_runs) == 5
+    _sidebar_select(app, "Class to explain").select("PNEUMONIA").run()
+    assert "Grad-CAM++ for PNEUMONIA" in [caption for image in app.image for caption in image.captions]
+
+
+def test_an_image_the_gate_calls_other_is_not_classified_until_a_task_is_chosen(app, model_runs):
+    knee = dicom_bytes(dicom_dataset(to_8bit(chest_radiograph()), Modality="MR", BodyPartExamined="KNEE"))
+    upload(app, ("knee.dcm", knee))
+    assert not app.exception
+    assert model_runs == []
+    assert any("does not look like a chest X-ray or chest CT" in warning.value for warning in app.warning)
+    assert any("Pick a task" in info.value for info in app.info)
+    _sidebar_select(app, "Task").select("ct-covid").run()
+    assert not app.exception
+    assert len(model_runs) == 2
+    assert len(model_columns(app)) == 2
+
+
+def test_downloads_hold_every_file_including_rejected_ones(app):
+    upload(app, ("chest.png", chest_png()), ("notes.png", b"just some text, not an image"))
+    labels = [button.label for button in app.get("download_button")]
+    assert labels.count("Overlay PNG") == 2
+    assert {"Results (CSV)", "Results (JSON Lines)", "All overlays (ZIP)"} <= set(labels)
+
+
+def test_the_same_file_dropped_twice_shows_once_and_a_renamed_copy_separately(app):
+    png = chest_png()
+    upload(app, ("chest.png", png), ("chest.png", png), ("copy.png", png))
+    assert not app.exception
+    assert [header.value for header in app.main.header] == ["chest.png", "copy.png", "Downloads"]
+
+
+def test_missing_models_give_instructions_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    app = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run()
+    assert not app.exception
+    message = " ".join(info.value for info in app.info)
+    assert "No models found" in message
+    assert str(tmp_path) in message
+    assert "LUNGVIZ_WEIGHTS" in message
+    assert not app.file_uploader
+
+
+def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_path, monkeypatch):
+    weights = shutil.copytree(weights_root, tmp_path / "weights")
+    card_path = weights / "ct-covid" / "flat-softmax.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"] = {
+        "test": {"roc_auc": {"value": 0.9123, "ci95": [0.871, 0.948]}},
+        "ece": 0.042,
+        "confusion_matrix": [[90, 10], [7, 93]],
+        "data_dir": "sars_cov2_ct",
+        "test_counts": {"non-COVID": 100, "COVID": 100},
+        "bootstrap": {"method": "stratified percentile", "resamples": 1000},
+    }
+    card["training"] = {"data": "sars_cov2_ct", "split": {"train": 1600, "validation": 400}}
+    card_path.write_text(json.dumps(card))
+    (weights / "gate").mkdir()
+    (weights / "gate" / "gate.json").write_text(
+        json.dumps(
+            {
+                "method": "test gate",
+                "threshold_rule": "99.5th percentile",
+                "evaluation": {
+                    "xray": {"images": 10, "correct": 1.0, "called_other": 0.0},
+                    "natural": {"images": 24, "called_other": 0.9583},
+                },
+            }
+        )
+    )
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights))
+
+    app = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run()
+    app.switch_page("pages/1_Model_cards.py").run()
+
+    assert not app.exception
+    assert [h.value for h in app.header] == ["xray-pneumonia", "ct-covid", "Modality gate"]
+    gate_rates = app.dataframe[-1].value.set_index("images")
+    assert gate_rates.loc["natural", "called other"] == pytest.approx(0.9583)
+    assert [s.value for s in app.subheader] == ["flat-softmax", "nested-sigmoid"] * 2
+    page = texts(app)
+    assert "temperature 1.500" in page
+    assert "0.400" in page
+    assert "untrained test model" in page
+    metrics = app.dataframe[0].value
+    assert list(metrics["metric"]) == ["roc_auc"]
+    assert metrics["value"][0] == pytest.approx(0.9123)
+    assert "0.871 to 0.948" in metrics.to_string()
+    assert "sars_cov2_ct test split: 100 non-COVID, 100 COVID" in page
+    assert "calibration error 0.042" in page
+    confusion = app.dataframe[1].value
+    assert list(confusion.columns) == ["true class", "called non-COVID", "called COVID"]
+    assert confusion.set_index("true class").loc["COVID", "called COVID"] == 93
+    assert len(app.info) == 3  # the three cards without metrics say so
