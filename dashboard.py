@@ -94,8 +94,10 @@ class Controls:
 
 @st.cache_resource(show_spinner="Reading the model cards...")
 def analysis_session(weights: str) -> AnalysisSession:
-    """One session per weights folder and process: models load on first use and stay loaded."""
-    return AnalysisSession(Path(weights))
+    """One session per weights folder and process; its models load in the background while the user picks a file."""
+    session = AnalysisSession(Path(weights))
+    session.start_warm_up()
+    return session
 
 
 def remembered(upload: Upload, store: str, key: Hashable, compute: Callable[[], Any]) -> Any:

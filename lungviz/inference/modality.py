@@ -15,8 +15,9 @@ This module applies a fitted gate; `lungviz.training.gate` fits and measures it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ class ModalityGate:
     from chest images mostly in directions chest images never vary in.
     """
 
-    embedding: Any
+    embedding: Callable[[np.ndarray], Any]
+    """Model inputs (n, 224, 224, 3) -> features (n, d), in inference mode."""
     class_means: np.ndarray
     basis: np.ndarray
     scale: np.ndarray
@@ -88,10 +90,10 @@ class ModalityGate:
         for pixels in images:
             batch.append(image_to_input(pixels, INPUT_SIZE)[0])
             if len(batch) == batch_size:
-                batches.append(np.asarray(self.embedding(np.stack(batch), training=False)))
+                batches.append(np.asarray(self.embedding(np.stack(batch))))
                 batch = []
         if batch:
-            batches.append(np.asarray(self.embedding(np.stack(batch), training=False)))
+            batches.append(np.asarray(self.embedding(np.stack(batch))))
         return np.concatenate(batches) if batches else np.zeros((0, self.class_means.shape[1]), np.float32)
 
     def assess(self, pixels: np.ndarray) -> ModalityAssessment:
@@ -107,8 +109,11 @@ def load_gate(weights_root: Path) -> ModalityGate | None:
     if not (folder / EMBEDDING_FILE).is_file():
         return None
     import keras
+    import tensorflow as tf
 
-    embedding = keras.models.load_model(folder / EMBEDDING_FILE, compile=False, safe_mode=True)
+    model = keras.models.load_model(folder / EMBEDDING_FILE, compile=False, safe_mode=True)
+    # Compiled once: an eager call of the ~100-layer embedding costs several times its graph.
+    embedding = tf.function(partial(model, training=False), input_signature=[tf.TensorSpec((None, *INPUT_SIZE, 3))])
     with np.load(folder / STATS_FILE, allow_pickle=False) as stats:
         return ModalityGate(
             embedding,

@@ -9,6 +9,7 @@ brought back to the image's own resolution.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,11 +64,21 @@ class Classifier:
         self.model = model
         self._explainers: dict[str, Explainer] = {}
         self._forward: Callable[[np.ndarray], Any] | None = None
+        self._building = threading.Lock()
 
     def explainer(self, method: str) -> Explainer:
-        if method not in self._explainers:
-            self._explainers[method] = get_explainer(method, self.model, self.card.cam_layer)
-        return self._explainers[method]
+        with self._building:  # the warm-up thread may be building it right now
+            if method not in self._explainers:
+                self._explainers[method] = get_explainer(method, self.model, self.card.cam_layer)
+            return self._explainers[method]
+
+    def warm_up(self, method: str | None) -> None:
+        """Build the compiled function `run` will use and run it once: its first run optimises the graph."""
+        probe = np.zeros((1, *self.card.input_size, 3), np.float32)
+        if method is None:
+            self.predict_batch(probe)
+        else:
+            self.explainer(method).explain_with_probabilities(probe, 0)
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, shape (n, classes), for a batch of model inputs."""

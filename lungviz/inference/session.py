@@ -8,25 +8,21 @@ instead of an exception.
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lungviz.errors import (
-    ChoiceError,
-    ExplanationError,
-    ImageInputError,
-    ModelLoadError,
-)
+import numpy as np
+
+from lungviz.errors import ChoiceError, ExplanationError, ImageInputError, LungVizError, ModelLoadError
+from lungviz.inference.explanations import DEFAULT_METHOD
 from lungviz.inference.images import ChestImage, load_image
-from lungviz.inference.modality import (
-    ModalityAssessment,
-    ModalityGate,
-    assess_modality,
-    load_gate,
-)
+from lungviz.inference.modality import GATE_DIR, ModalityAssessment, ModalityGate, assess_modality, load_gate
 from lungviz.inference.prediction import PREDICTED, Classifier, ModelResult
 from lungviz.models.cards import ModelCard
 from lungviz.models.registry import discover, load_model, select_cards, weights_dir
@@ -69,6 +65,12 @@ class AnalysisSession:
         self.root = Path(weights) if weights is not None else weights_dir()
         self.cards: dict[str, list[ModelCard]] = discover(self.root)
         self._classifiers: dict[tuple[str, str], Classifier] = {}
+        # One lock per model (and one for the gate): a model asked for while another thread loads it is
+        # loaded once, and different models load side by side.
+        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._locks_lock = threading.Lock()
+        # Loads the next models of an analysis while the current one runs (one worker: in order).
+        self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lungviz-prepare")
 
     @property
     def tasks(self) -> list[str]:
@@ -85,14 +87,57 @@ class AnalysisSession:
 
     def classifier(self, card: ModelCard) -> Classifier:
         key = (card.task, card.name)
-        if key not in self._classifiers:
-            self._classifiers[key] = Classifier(card, load_model(card))
-        return self._classifiers[key]
+        with self._lock(key):
+            if key not in self._classifiers:
+                self._classifiers[key] = Classifier(card, load_model(card))
+            return self._classifiers[key]
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks[key]
+
+    def _prepared(self, card: ModelCard, method: str | None) -> Classifier:
+        """The card's classifier with the method's explainer built (what a run needs before it computes)."""
+        classifier = self.classifier(card)
+        if method is not None:
+            classifier.explainer(method)
+        return classifier
 
     @cached_property
     def gate(self) -> ModalityGate | None:
         """The modality gate, loaded on first use (None where the weights folder has none)."""
-        return load_gate(self.root)
+        with self._lock(("", GATE_DIR)):
+            return load_gate(self.root)
+
+    def warm_up(self, method: str | None = DEFAULT_METHOD) -> list[str]:
+        """Load the gate and every model with its explainer, and run each once, before any image arrives.
+
+        The first run of a compiled function also optimises its graph, so an
+        image analysed after the warm-up pays none of the start-up cost. Meant
+        for a background thread while the user picks a file (see
+        `start_warm_up`); a model that fails here is skipped, and the analysis
+        that needs it reports the failure. Returns those failures.
+        """
+        if self.gate is not None:
+            self.gate.assess(np.full((256, 256), 0.5, np.float32))
+        failures = []
+        for task in self.tasks:
+            for card in self.cards[task]:
+                try:
+                    self.classifier(card).warm_up(method)
+                except LungVizError as error:
+                    failures.append(f"{task}/{card.name}: {error}")
+        return failures
+
+    def start_warm_up(self, method: str | None = DEFAULT_METHOD) -> threading.Thread:
+        """`warm_up` in a background thread; analyses started meanwhile wait only for the models they need.
+
+        Not a daemon: the interpreter waits for it at exit (seconds) instead of
+        killing it inside TensorFlow, which aborts the process.
+        """
+        thread = threading.Thread(target=self.warm_up, args=(method,), name="lungviz-warm-up")
+        thread.start()
+        return thread
 
     def choose_task(self, assessment: ModalityAssessment, requested: str = AUTO) -> tuple[str | None, str | None]:
         """The task to run and a warning for the user, if any.
@@ -138,12 +183,14 @@ class AnalysisSession:
         if analysis.task is None:
             return analysis
         cards = [c for c in self.cards[analysis.task] if models is None or c.name in models]
-        for step, card in enumerate(cards):
+        # Model k+1 loads (Python-bound) while model k runs (TensorFlow, which releases the GIL).
+        ready = [self._preparer.submit(self._prepared, card, method) for card in cards]
+        for step, (card, classifier) in enumerate(zip(cards, ready, strict=True)):
             if progress:
                 progress(f"{card.name}: loading and running", step, len(cards))
             wanted = target if target == PREDICTED or target in card.classes else PREDICTED
             try:
-                analysis.results.append(self.classifier(card).run(image.pixels, method, wanted))
+                analysis.results.append(classifier.result().run(image.pixels, method, wanted))
             except (ModelLoadError, ExplanationError) as error:  # a broken model: say so, keep the others
                 failure = f"model {card.name} could not run: {error}"
                 analysis.warning = f"{analysis.warning}; {failure}" if analysis.warning else failure

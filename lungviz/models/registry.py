@@ -14,7 +14,7 @@ from lungviz.errors import ChoiceError, ModelCardError, ModelLoadError
 from lungviz.models.cards import ModelCard
 from lungviz.tasks import TASKS
 
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 WEIGHTS_ENV = "LUNGVIZ_WEIGHTS"
 
 

@@ -61,9 +61,7 @@ def _split_features(gate_embedding, data_dir: Path, split: str, limit: int | Non
     images = data.images
     if limit is not None and len(images) > limit:
         images = images[np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))]
-    return np.concatenate(
-        [np.asarray(gate_embedding(batch, training=False)) for batch in datasets.iterate_batches(images, 32)]
-    )
+    return np.concatenate([np.asarray(gate_embedding(batch)) for batch in datasets.iterate_batches(images, 32)])
 
 
 def build_embedding():

@@ -71,3 +71,38 @@ def test_requests_the_models_cannot_serve_are_refused(session, models, task, tar
     with pytest.raises(ValueError, match=re.escape(message)):
         session.check_request(models, task, target)
     session.check_request(["flat-softmax"], task, "predicted")  # a valid request passes
+
+
+def test_warm_up_loads_every_model_and_its_explainer_once(weights_root, monkeypatch):
+    from lungviz.inference import session as session_module
+
+    loads = []
+    real_load = session_module.load_model
+
+    def counting_load(card):
+        loads.append((card.task, card.name))
+        return real_load(card)
+
+    monkeypatch.setattr(session_module, "load_model", counting_load)
+    fresh = AnalysisSession(weights_root)
+    threads = [fresh.start_warm_up() for _ in range(2)]  # two warm-ups racing: still one load per model
+    for thread in threads:
+        thread.join(timeout=120)
+    expected = sorted((card.task, card.name) for cards in fresh.cards.values() for card in cards)
+    assert sorted(loads) == expected
+    assert all("gradcam" in fresh.classifier(card)._explainers for cards in fresh.cards.values() for card in cards)
+    image = ChestImage(pixels=np.full((96, 96), 0.5, np.float32), name="x.dcm", modality_hint="ct")
+    assert len(fresh.analyse_image(image).results) == 2
+    assert sorted(loads) == expected  # the analysis reused the warmed-up models
+
+
+def test_warm_up_reports_a_broken_model_and_warms_the_rest(weights_root, tmp_path):
+    import shutil
+
+    shutil.copytree(weights_root, tmp_path / "weights")
+    (tmp_path / "weights" / "ct-covid" / "flat-softmax.keras").write_bytes(b"not a keras file")
+    fresh = AnalysisSession(tmp_path / "weights")
+    failures = fresh.warm_up()
+    assert len(failures) == 1
+    assert failures[0].startswith("ct-covid/flat-softmax: cannot load model")
+    assert len(fresh._classifiers) == 3

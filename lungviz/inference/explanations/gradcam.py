@@ -30,7 +30,7 @@ class GradCam(Explainer):
     def __init__(self, model, cam_layer: str) -> None:
         super().__init__(model, cam_layer)
         signature = [tf.TensorSpec(self.graph.input_shape, tf.float32)]
-        self._compiled = tf.function(self._probabilities_and_cams, input_signature=signature, reduce_retracing=True)
+        self._compiled = tf.function(self._probabilities_and_cams, input_signature=signature, autograph=False)
         self._compiled.get_concrete_function()  # trace now, not on the user's first click
 
     def explain_with_probabilities(self, inputs: np.ndarray, class_index: ClassChoice) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ on its own.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from functools import partial
 from typing import Any, ClassVar
@@ -20,32 +21,37 @@ import numpy as np
 from lungviz.inference.explanations.base import Explainer, register_method
 from lungviz.inference.explanations.graph import FEATURES_LAYER
 
-with warnings.catch_warnings():  # tf-keras-vis imports `zoom` from a SciPy path deprecated since 1.8
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.layercam import Layercam
-    from tf_keras_vis.saliency import Saliency
-    from tf_keras_vis.scorecam import Scorecam
-    from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
+
+def _tf_keras_vis(path: str) -> Any:
+    """A tf-keras-vis class by "module.Name", imported on first use.
+
+    Importing tf-keras-vis costs about 0.3 s, which every cold start that only
+    needs the compiled Grad-CAM would otherwise pay.
+    """
+    module, name = path.rsplit(".", 1)
+    with warnings.catch_warnings():  # tf-keras-vis imports `zoom` from a SciPy path deprecated since 1.8
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return getattr(importlib.import_module(f"tf_keras_vis.{module}"), name)
 
 
 class _TfKerasVis(Explainer):
     """A tf-keras-vis visualiser run on the flat graph's logits (ReplaceToLinear semantics, no model copy)."""
 
-    visualiser: ClassVar[type]
+    visualiser: ClassVar[str]
+    """The tf-keras-vis class as "module.Name" under tf_keras_vis."""
     options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: keras.Model, cam_layer: str) -> None:
         super().__init__(model, cam_layer)
-        self._visualiser = self.visualiser(self._visualised_model(), model_modifier=None, clone=False)
+        self._visualiser = _tf_keras_vis(self.visualiser)(self._visualised_model(), model_modifier=None, clone=False)
 
     def _visualised_model(self) -> keras.Model:
         return self.graph.logits_model()
 
     def _score(self, class_index: int):
         if self.graph.head == "sigmoid":
-            return BinaryScore(class_index == 1)
-        return CategoricalScore(class_index)
+            return _tf_keras_vis("utils.scores.BinaryScore")(class_index == 1)
+        return _tf_keras_vis("utils.scores.CategoricalScore")(class_index)
 
     def _explain(self, inputs: np.ndarray, class_index: int) -> np.ndarray:
         return self._visualiser(self._score(class_index), inputs, **self._call_options())
@@ -64,7 +70,7 @@ class _TfKerasVisCam(_TfKerasVis):
 @register_method("gradcam++")
 class GradCamPlusPlus(_TfKerasVisCam):
     label = "Grad-CAM++"
-    visualiser = GradcamPlusPlus
+    visualiser = "gradcam_plus_plus.GradcamPlusPlus"
 
 
 @register_method("scorecam")
@@ -76,7 +82,7 @@ class ScoreCam(_TfKerasVisCam):
     """
 
     label = "Score-CAM"
-    visualiser = Scorecam
+    visualiser = "scorecam.Scorecam"
     MAX_MAPS = 10
 
     def _visualised_model(self) -> keras.Model:
@@ -88,7 +94,7 @@ class ScoreCam(_TfKerasVisCam):
         return model
 
     def _score(self, class_index: int):
-        return CategoricalScore(class_index)
+        return _tf_keras_vis("utils.scores.CategoricalScore")(class_index)
 
     def _call_options(self) -> dict[str, Any]:
         channels = self.graph.model.outputs[0].shape[-1]
@@ -98,7 +104,7 @@ class ScoreCam(_TfKerasVisCam):
 @register_method("layercam")
 class LayerCam(_TfKerasVisCam):
     label = "LayerCAM"
-    visualiser = Layercam
+    visualiser = "layercam.Layercam"
 
 
 @register_method("smoothgrad")
@@ -106,5 +112,5 @@ class SmoothGrad(_TfKerasVis):
     """Input-gradient saliency averaged over noisy copies of the image (pixel level, ignores cam_layer)."""
 
     label = "SmoothGrad saliency"
-    visualiser = Saliency
+    visualiser = "saliency.Saliency"
     options: ClassVar[dict[str, Any]] = {"smooth_samples": 16, "smooth_noise": 0.2}

@@ -1,0 +1,163 @@
+"""Where a user's time goes: one warm image, the CLI's cold start, and the browser's first result.
+
+Run from the repository root (prints figures, asserts nothing):
+
+    .venv/bin/python -m benchmarks.latency [--only warm|cold|browser] [--repeats N]
+
+* warm: one image through the shipped models of each task, against the sum of
+  the same models' compiled forward passes at batch 1 (the floor: a heatmap
+  cannot cost less than the pass that gives the probabilities). "task given"
+  runs the task's models; "auto" also runs the modality gate, whose own
+  compiled forward pass is then added to the floor.
+* cold: `python -m lungviz predict FILE --json` in a new process, against
+  `python -c "import tensorflow"`, the part no LungViz change can remove.
+* browser: a fresh `streamlit run` server; seconds from opening the page to the
+  first model's answer on screen, when the file is dropped as soon as the
+  uploader shows (a real user takes longer to pick one, which only helps).
+
+Images: a real test image of each task from ../shared/data when present, else
+a synthetic chest-like image (then only "task given" is meaningful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+from benchmarks.dashboard_server import CHROMIUM, CHROMIUM_ARGS, REPOSITORY, served_dashboard
+
+SHARED = REPOSITORY.parent / "shared" / "data"
+TEST_IMAGES = {
+    "xray-pneumonia": SHARED / "kermany_chest_xray_pneumonia" / "test" / "PNEUMONIA",
+    "ct-covid": SHARED / "sars_cov2_ct" / "test" / "COVID",
+}
+FIRST_RESULT_SECONDS = 180
+
+
+def median_seconds(call: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def image_files(task: str) -> list[Path]:
+    """Real test images of the task, or one synthetic chest-like PNG written to a temporary file."""
+    folder = TEST_IMAGES[task]
+    if folder.is_dir():
+        return sorted(folder.iterdir())
+    from PIL import Image
+
+    rows, cols = np.mgrid[:512, :512] / 512.0
+    body = 0.3 + 0.5 * np.exp(-(((rows - 0.5) / 0.35) ** 2 + ((cols - 0.5) / 0.3) ** 2))
+    path = Path(tempfile.mkdtemp()) / f"synthetic-{task}.png"
+    Image.fromarray((body * 255).astype(np.uint8)).save(path)
+    return [path]
+
+
+def warm(repeats: int) -> None:
+    import tensorflow as tf
+
+    from lungviz.inference.images import load_image
+    from lungviz.inference.session import AnalysisSession
+
+    session = AnalysisSession()
+    session.warm_up()
+    print("## Warm: one image, batch of one (median of", repeats, "calls)\n")
+    print("| task | image | models' forward passes | task given | ratio | gate forward | auto | ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for task in session.tasks:
+        # The first image the gate routes to the task, so that "auto" runs the same models.
+        routed = (load_image(path.read_bytes(), path.name) for path in image_files(task)[:50])
+        image = next((i for i in routed if session.analyse_image(i, method=None).task == task), None)
+        if image is None:
+            image = load_image(image_files(task)[0].read_bytes(), image_files(task)[0].name)
+        floor = 0.0
+        for card in session.cards[task]:
+            forward = tf.function(session.classifier(card).model)
+            batch = tf.zeros((1, *card.input_size, 3))
+            floor += median_seconds(lambda f=forward, b=batch: f(b, training=False).numpy(), repeats)
+        given = median_seconds(lambda i=image, t=task: session.analyse_image(i, task=t), repeats)
+        row = f"| {task} | {image.name} | {floor * 1e3:.1f} ms | {given * 1e3:.1f} ms | {given / floor:.2f}x"
+        if session.gate is None:
+            print(row + " | - | - | - |")
+            continue
+        gate_forward = median_seconds(lambda: session.gate.embedding(tf.zeros((1, 224, 224, 3))), repeats)
+        auto = median_seconds(lambda i=image: session.analyse_image(i), repeats)
+        print(f"{row} | {gate_forward * 1e3:.1f} ms | {auto * 1e3:.1f} ms | {auto / (floor + gate_forward):.2f}x |")
+    print()
+
+
+def _process_seconds(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPOSITORY, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def cold(repeats: int) -> None:
+    path = image_files("xray-pneumonia")[0]
+    runs = max(3, repeats // 3)
+    baseline = statistics.median(_process_seconds([sys.executable, "-c", "import tensorflow"]) for _ in range(runs))
+    predict = statistics.median(
+        _process_seconds([sys.executable, "-m", "lungviz", "predict", str(path), "--json"]) for _ in range(runs)
+    )
+    print(f"## Cold start (median of {runs} new processes)\n")
+    print("| command | seconds | ratio |")
+    print("|---|---:|---:|")
+    print(f"| `python -c 'import tensorflow'` | {baseline:.2f} | 1.00x |")
+    print(f"| `python -m lungviz predict {path.name} --json` | {predict:.2f} | {predict / baseline:.2f}x |\n")
+
+
+def browser() -> None:
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.is_file():
+        print(f"## Browser: skipped, no Chromium at {CHROMIUM}\n")
+        return
+    path = image_files("xray-pneumonia")[0]
+    with served_dashboard() as (url, _), sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = chromium.new_page()
+        opened = time.perf_counter()
+        page.goto(url)
+        page.locator("input[type=file]").set_input_files(str(path), timeout=FIRST_RESULT_SECONDS * 1000)
+        shown = time.perf_counter()
+        page.get_by_text("Prediction").first.wait_for(timeout=FIRST_RESULT_SECONDS * 1000)
+        answered = time.perf_counter()
+        chromium.close()
+    print("## Browser: a fresh server, the page opened, the file dropped as soon as the uploader shows\n")
+    print(f"- uploader visible after {shown - opened:.1f} s")
+    print(f"- first model's answer on screen {answered - opened:.1f} s after the page opened\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["warm", "cold", "browser"], default=None)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPU cores, Python {sys.version.split()[0]}\n")
+    if args.only in (None, "warm"):
+        warm(args.repeats)
+    if args.only in (None, "cold"):
+        cold(args.repeats)
+    if args.only in (None, "browser"):
+        browser()
+
+
+if __name__ == "__main__":
+    main()
