@@ -95,6 +95,16 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     evaluate.set_defaults(handler=_run_evaluate)
 
+    lungs = commands.add_parser("lungs", help="train or evaluate the chest X-ray lung segmenter")
+    lungs.add_argument("action", choices=["train", "evaluate"])
+    lungs.add_argument("--data", type=Path, required=True, help="COVID-QU-Ex lung masks (labels.csv, train/, val/)")
+    lungs.add_argument("--epochs", type=int, default=14)
+    lungs.add_argument("--input-size", type=int, default=160, help="square input side, a multiple of 16")
+    lungs.add_argument("--limit", type=int, default=None, help="use only the first N images of each split (tests)")
+    lungs.add_argument("--run-dir", type=Path, default=Path("runs") / "lungs", help="checkpoints and history")
+    lungs.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
+    lungs.set_defaults(handler=_run_lungs)
+
     gate = commands.add_parser("gate", help="fit or evaluate the modality / out-of-distribution gate")
     gate.add_argument("action", choices=["fit", "evaluate"])
     gate.add_argument("--xray", type=Path, required=True, help="chest X-ray data set (train/val/test folders)")
@@ -184,6 +194,28 @@ def _run_gate(args: argparse.Namespace) -> int:
         (root / modality.GATE_DIR / modality.CARD_FILE).write_text(
             json.dumps({**card, "evaluation": report}, indent=2) + "\n"
         )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _run_lungs(args: argparse.Namespace) -> int:
+    import json
+
+    from lungviz.inference.lungs import LUNGS_DIR, SEGMENTER_CARD, XrayLungSegmenter
+    from lungviz.models.registry import weights_dir
+    from lungviz.training.segmentation import evaluate_segmenter, load_masked_split, train_segmenter
+
+    _require_folder(args.data, "data")
+    folder = (args.weights or weights_dir()) / LUNGS_DIR
+    if args.action == "train":
+        card = train_segmenter(args.data, folder, args.run_dir, input_size=(args.input_size, args.input_size),
+                               epochs=args.epochs, limit=args.limit,
+                               command="python -m lungviz " + shlex.join(args.argv))  # fmt: skip
+        report = card["evaluation"]
+    else:
+        report = evaluate_segmenter(XrayLungSegmenter.load(folder), load_masked_split(args.data, "val", args.limit))
+        card = json.loads((folder / SEGMENTER_CARD).read_text())
+        (folder / SEGMENTER_CARD).write_text(json.dumps({**card, "evaluation": {"split": "val", **report}}, indent=2))
     print(json.dumps(report, indent=2))
     return 0
 
