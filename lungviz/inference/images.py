@@ -120,23 +120,24 @@ FRAME_KEYWORDS = (
 )
 """Attributes that enhanced multi-frame files move into per-frame functional groups."""
 
-_LIBJPEG = "pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)"
+_GDCM = "python-gdcm (pip install python-gdcm)"
 _OPENJPEG = "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)"
 _DECODER_PACKAGES = {
-    uid.JPEGBaseline8Bit: f"{_LIBJPEG} or Pillow",
-    uid.JPEGExtended12Bit: _LIBJPEG,
-    uid.JPEGLossless: _LIBJPEG,
-    uid.JPEGLosslessSV1: _LIBJPEG,
-    uid.JPEGLSLossless: "pyjpegls (pip install pyjpegls) or pylibjpeg-libjpeg",
-    uid.JPEGLSNearLossless: "pyjpegls (pip install pyjpegls) or pylibjpeg-libjpeg",
+    # 12-bit lossy JPEG: pydicom lets only libjpeg decode it, and pylibjpeg-libjpeg is GPL-3.0, so LungViz
+    # does not install it; a user who accepts that licence can.
+    uid.JPEGExtended12Bit: "pylibjpeg-libjpeg for 12-bit samples (GPL-3.0; pip install pylibjpeg pylibjpeg-libjpeg)",
+    uid.JPEGLSLossless: "pyjpegls (pip install pyjpegls) or python-gdcm",
+    uid.JPEGLSNearLossless: "pyjpegls (pip install pyjpegls) or python-gdcm",
     uid.JPEG2000Lossless: _OPENJPEG,
     uid.JPEG2000: _OPENJPEG,
     uid.HTJ2KLossless: _OPENJPEG,
     uid.HTJ2KLosslessRPCL: _OPENJPEG,
     uid.HTJ2K: _OPENJPEG,
-    uid.RLELossless: "pylibjpeg-rle (pip install pylibjpeg pylibjpeg-rle)",
 }
-"""Transfer syntax -> the decoder package to install; anything else: python-gdcm."""
+"""Transfer syntax -> the decoder package to install when decoding fails; anything else: python-gdcm.
+
+The runtime dependencies ship a decoder for every compressed syntax pydicom supports (python-gdcm,
+pylibjpeg-openjpeg, pyjpegls, Pillow, pydicom's own RLE and deflate), except 12-bit JPEG Extended."""
 
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG", True),
@@ -472,7 +473,7 @@ def _transfer_syntax(dataset: Dataset) -> uid.UID:
 def _decode_frame(dataset: Dataset, name: str, frame: int) -> np.ndarray:
     """One frame's stored values; a missing or failing decoder names the package to install."""
     syntax = _transfer_syntax(dataset)
-    package = _DECODER_PACKAGES.get(syntax, "python-gdcm (pip install python-gdcm)")
+    package = _DECODER_PACKAGES.get(syntax, _GDCM)
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
