@@ -27,6 +27,8 @@ from lungviz.inference.explanations import (
     get_explainer,
     resize_heatmap,
 )
+from lungviz.inference.localisation import heat_share, heatmap_peak
+from lungviz.inference.lungs import Lungs
 from lungviz.models.cards import ModelCard
 from lungviz.models.outputs import apply_temperature, calibrated_probabilities, decide
 from lungviz.preprocessing import image_to_input
@@ -50,10 +52,25 @@ class ModelResult:
     method: str | None = None
     explained_class: str | None = None
     heatmap: np.ndarray | None = field(default=None, repr=False)
+    """float32 (H, W) in [0, 1] at the image's own resolution; zero outside the box the model saw."""
+    lung_attention: float | None = None
+    """Share of the heatmap's heat inside the lungs (None without a heatmap or without lungs found)."""
+    heatmap_peak: tuple[int, int] | None = None
+    """(x, y) of the heatmap's maximum in the image's pixels."""
 
     @property
     def positive_probability(self) -> float:
         return self.probabilities[self.positive_class]
+
+
+def _on_image(cam: np.ndarray, shape: tuple[int, ...], box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """A model-resolution map stretched back over the box the model saw, zero elsewhere in the image."""
+    if box is None:
+        return resize_heatmap(cam, shape)
+    x0, y0, x1, y1 = box
+    heatmap = np.zeros(shape[:2], np.float32)
+    heatmap[y0:y1, x0:x1] = resize_heatmap(cam, (y1 - y0, x1 - x0))
+    return heatmap
 
 
 class Classifier:
@@ -87,19 +104,30 @@ class Classifier:
         raw = np.asarray(self._forward(tf.convert_to_tensor(batch, tf.float32)))
         return calibrated_probabilities(raw, self.card.head, self.card.temperature)
 
-    def run(self, pixels: np.ndarray, method: str | None = None, target: str = PREDICTED) -> ModelResult:
-        """Classify one image and, when a method is given, explain `target`."""
+    def run(
+        self, pixels: np.ndarray, method: str | None = None, target: str = PREDICTED, lungs: Lungs | None = None
+    ) -> ModelResult:
+        """Classify one image and, when a method is given, explain `target`.
+
+        A model whose card says `input_crop: lungs` sees the lungs' crop box;
+        its heatmap is placed back into the whole image. With lungs found, the
+        result says how much of the heat lies inside them.
+        """
         if target != PREDICTED and target not in self.card.classes:
             raise ChoiceError(f"cannot explain class {target!r}: model {self.card.name!r} knows {self.card.classes}")
         started = time.perf_counter()
-        inputs = image_to_input(pixels, self.card.input_size)
-        heatmap = explained = None
+        box = lungs.crop_box() if lungs is not None and self.card.input_crop == "lungs" else None
+        inputs = image_to_input(pixels, self.card.input_size, box)
+        heatmap = explained = attention = peak = None
         if method is None:
             probabilities = self.predict_batch(inputs)[0]
         else:
             raw, cam = self.explainer(method).explain_with_probabilities(inputs, self._class_to_explain(target))
             probabilities = apply_temperature(raw, self.card.temperature)
-            heatmap = resize_heatmap(cam, pixels.shape[:2])
+            heatmap = _on_image(cam, pixels.shape[:2], box)
+            peak = heatmap_peak(heatmap)
+            if lungs is not None and lungs.found:
+                attention = heat_share(heatmap, lungs.mask)
         predicted = decide(probabilities, self.card)
         if method is not None:
             explained = predicted if target == PREDICTED else target
@@ -115,6 +143,8 @@ class Classifier:
             method=method,
             explained_class=explained,
             heatmap=heatmap,
+            lung_attention=attention,
+            heatmap_peak=peak,
         )
 
     def _class_to_explain(self, target: str) -> ClassChoice:

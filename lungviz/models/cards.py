@@ -16,6 +16,8 @@ from lungviz.errors import ChoiceError, ModelCardError
 from lungviz.tasks import get_task
 
 HEADS = ("softmax", "sigmoid")
+INPUT_CROPS = ("none", "lungs")
+"""How a model's input is framed: the whole image, or the lungs' box with a margin (lungviz.inference.lungs)."""
 
 
 @dataclass
@@ -30,6 +32,7 @@ class ModelCard:
     input_size: list[int]
     head: str
     cam_layer: str
+    input_crop: str = "none"
     threshold: float = 0.5
     threshold_rule: str = "fixed 0.5"
     calibration: dict[str, Any] = field(default_factory=lambda: {"method": "none", "temperature": 1.0})
@@ -46,6 +49,8 @@ class ModelCard:
             get_task(self.task)
         except ChoiceError as error:
             problems.append(str(error))
+        if self.input_crop not in INPUT_CROPS:
+            problems.append(f"input_crop must be one of {INPUT_CROPS}, not {self.input_crop!r}")
         if self.head not in HEADS:
             problems.append(f"head must be one of {HEADS}, not {self.head!r}")
         if len(self.classes) < 2:

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from lungviz.inference.lungs import Lungs
 from lungviz.inference.prediction import PREDICTED, Classifier
 from lungviz.models.cards import ModelCard
 from lungviz.models.outputs import calibrated_probabilities, decide
@@ -89,3 +90,43 @@ def test_run_without_a_method_skips_the_heatmap(classifiers):
 def test_unknown_target_class_is_refused(classifiers):
     with pytest.raises(ValueError, match="cannot explain class 'COVID'"):
         classifiers[0].run(_radiograph(), "gradcam", "COVID")
+
+
+def _lungs(shape) -> Lungs:
+    mask = np.zeros(shape, bool)
+    mask[40:140, 30:120] = True
+    return Lungs(mask, True, "test")
+
+
+@pytest.mark.parametrize("crop", ["none", "lungs"])
+def test_a_lung_cropping_model_sees_the_lungs_box_and_its_heat_stays_inside(classifiers, crop):
+    from dataclasses import replace
+
+    image = _radiograph()
+    lungs = _lungs(image.shape)
+    for plain in classifiers:
+        classifier = Classifier(replace(plain.card, input_crop=crop), plain.model)
+        result = classifier.run(image, "gradcam", PREDICTED, lungs)
+        x0, y0, x1, y1 = lungs.crop_box()
+        expected = image_to_input(image, classifier.card.input_size, (x0, y0, x1, y1) if crop == "lungs" else None)
+        np.testing.assert_allclose(
+            list(result.probabilities.values()), classifier.predict_batch(expected)[0], atol=1e-6
+        )
+        outside = np.ones(image.shape, bool)
+        outside[y0:y1, x0:x1] = False
+        total = result.heatmap.sum()
+        if total == 0:  # an untrained model can see no evidence at all: then no peak and no share
+            assert (result.heatmap_peak, result.lung_attention) == (None, None)
+            continue
+        if crop == "lungs":
+            assert result.heatmap[outside].max() == 0
+            assert x0 <= result.heatmap_peak[0] < x1
+            assert y0 <= result.heatmap_peak[1] < y1
+        assert result.lung_attention == pytest.approx(result.heatmap[lungs.mask].sum() / total, rel=1e-5)
+
+
+def test_without_lungs_found_there_is_no_lung_attention(classifiers):
+    image = _radiograph()
+    nothing = Lungs(np.zeros(image.shape, bool), False, "test")
+    result = classifiers[0].run(image, "gradcam", PREDICTED, nothing)
+    assert result.lung_attention is None
