@@ -350,6 +350,8 @@ def _load_picture(data: bytes, name: str, frame: int) -> ChestImage:
             orientation = picture.getexif().get(ExifTags.Base.Orientation, 1)
             picture.load()
             upright = ImageOps.exif_transpose(picture)
+        except ImageInputError:
+            raise  # a size refusal, not a decoding failure (ImageInputError is also a ValueError)
         except _PICTURE_ERRORS as error:
             raise ImageInputError(name, f"{picture.format} file is truncated or corrupt ({error})") from None
     mode = upright.mode

@@ -456,6 +456,30 @@ def test_bad_input_gets_one_specific_message_naming_the_file(kind):
     assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "shape", "problem"),
+    [
+        ("tiny_1x1.png", (1, 1), "image is too small (1x1 pixels); the shorter side must be at least 64 pixels"),
+        (
+            "strip_4000x3.png",
+            (3, 4000),
+            "image is too small (4000x3 pixels); the shorter side must be at least 64 pixels",
+        ),
+        (
+            "wide_1000x200.png",
+            (200, 1000),
+            "image is 1000x200 pixels, an aspect ratio of 5.0:1; a chest image is at most 4:1",
+        ),
+    ],
+)
+def test_a_valid_picture_of_the_wrong_size_is_called_that_not_corrupt(name, shape, problem):
+    """Real, intact PNGs: the message is the size problem alone, without 'truncated or corrupt'."""
+    pixels = (np.arange(shape[0] * shape[1]) % 251).reshape(shape).astype(np.uint8)
+    with pytest.raises(ImageInputError) as raised:
+        load_image(encode(Image.fromarray(pixels), "PNG"), name)
+    assert str(raised.value) == f"{name}: {problem}"
+
+
 def test_bomb_is_refused_from_the_header_before_decoding():
     width, height = 7072, 7072  # just over the limit; a decoded 8-bit image would need 50 MB
     assert width * height > MAX_PIXELS
