@@ -9,10 +9,12 @@ patient fields.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import itertools
 import json
+import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -132,9 +134,60 @@ def _csv_rows(records: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             }
 
 
-def overlay_filename(source: str, model: str) -> str:
-    """`<source stem>__<model>.png`: the name under which a model's overlay of a file is saved."""
-    return f"{Path(source).stem}__{model}.png"
+MAX_FILENAME_BYTES = 120
+"""Longest overlay file name written: far under the 255 bytes of ext4, APFS and NTFS (143 on eCryptfs), so a
+ZIP still extracts into a download folder within Windows' 260-character paths."""
+_UNSAFE_IN_NAMES = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]|^\.')
+"""Path separators, control characters, what Windows refuses in a name, and a leading dot (a hidden file)."""
+_HASH_CHARS = 8
+
+
+def overlay_filename(source: str, model: str, prefix: str = "") -> str:
+    """`<prefix><source stem>__<model>.png`: where a model's overlay of a file is saved, on any file system.
+
+    `source` is a file name as the user gave it (an upload's name may hold '/', ':' or
+    a whole URL); each unsafe character becomes '_', so nothing can point outside the
+    folder or the ZIP. A stem too long for MAX_FILENAME_BYTES keeps its beginning
+    plus a short hash of the whole name: still recognisable, still distinct.
+    """
+    stem, _, extension = source.rpartition(".")
+    if not stem or "/" in extension or "\\" in extension:  # no extension: the whole name is the stem
+        stem = source
+    model_part = _shortened(_UNSAFE_IN_NAMES.sub("_", model), model, MAX_FILENAME_BYTES // 3)
+    room = MAX_FILENAME_BYTES - len(f"{prefix}__{model_part}.png".encode())
+    return f"{prefix}{_shortened(_UNSAFE_IN_NAMES.sub('_', stem), source, room)}__{model_part}.png"
+
+
+def _shortened(safe: str, original: str, limit: int) -> str:
+    """`safe` cut to `limit` UTF-8 bytes if longer, ending in '~' and a hash of `original` so cut names stay apart."""
+    if len(safe.encode()) <= limit:
+        return safe
+    kept = safe.encode()[: limit - 1 - _HASH_CHARS].decode(errors="ignore")
+    return f"{kept}~{hashlib.sha256(original.encode()).hexdigest()[:_HASH_CHARS]}"
+
+
+class OverlayNames:
+    """Distinct overlay file names for one export (a folder or a ZIP), claimed file by file in input order.
+
+    A file keeps `overlay_filename` unless an earlier one took that name, as two
+    `chest.png` from different folders, `xray.bmp` and `xray.tiff`, or names that
+    differ only in case or in unsafe characters would: then its position in the
+    batch comes first (`001-chest__model.png`), so no overlay overwrites another.
+    """
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()  # case-folded: macOS and Windows file systems ignore case
+
+    def claim(self, index: int, source: str, model: str) -> str:
+        first_choices = ("", f"{index:03d}-")
+        prefixes = itertools.chain(first_choices, (f"{index:03d}-{copy}-" for copy in itertools.count(2)))
+        name = next(
+            name
+            for name in (overlay_filename(source, model, prefix) for prefix in prefixes)
+            if name.casefold() not in self._taken
+        )
+        self._taken.add(name.casefold())
+        return name
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
