@@ -63,7 +63,9 @@ DISCLAIMER = (
     "not where disease is."
 )
 
-st.set_page_config(page_title="LungViz", page_icon=":material/pulmonology:", layout="wide")
+# An emoji page icon becomes an inline SVG; a ":material/...:" one is fetched from fonts.gstatic.com (README promises
+# no network). The ":material/...:" icons inside the page are fine: Streamlit ships that font and serves it itself.
+st.set_page_config(page_title="LungViz", page_icon="🫁", layout="wide")
 
 
 @dataclass(frozen=True)

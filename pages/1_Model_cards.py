@@ -16,7 +16,8 @@ from lungviz.inference.modality import gate_card
 from lungviz.models.cards import ModelCard
 from lungviz.models.registry import discover, weights_dir
 
-st.set_page_config(page_title="LungViz model cards", page_icon=":material/description:", layout="wide")
+# An emoji page icon: a ":material/...:" one is fetched from fonts.gstatic.com (see dashboard.py).
+st.set_page_config(page_title="LungViz model cards", page_icon="📇", layout="wide")
 
 
 def _metric_rows(test: dict[str, Any]) -> list[dict[str, Any]]:

@@ -137,6 +137,11 @@ def upload_paths(tmp_path) -> list[Path]:
     return [png, dicom]
 
 
+def elsewhere(app_url: str, urls: list[str]) -> list[str]:
+    """The URLs that go to any host but the app's own server (inline data: URLs go nowhere)."""
+    return [url for url in urls if not url.startswith((f"{app_url}/", "data:", f"blob:{app_url}/"))]
+
+
 def _first_file_area(page, upload_paths: list[Path]) -> dict[str, float]:
     """The page from the top down to the second file's header: what README shows."""
     size = page.viewport_size
@@ -158,6 +163,8 @@ def test_uploaded_png_and_dicom_get_every_models_answer_in_a_real_browser(
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
             page.goto(dashboard_url)
             expect(page.get_by_text("Research tool, not a medical device")).to_be_visible(timeout=60_000)
 
@@ -176,9 +183,15 @@ def test_uploaded_png_and_dicom_get_every_models_answer_in_a_real_browser(
                 page.screenshot(path=readme_screenshot, clip=_first_file_area(page, upload_paths))
             text = page.inner_text("body")
             alerts = page.locator(ERROR_ELEMENTS).all_inner_texts()
+            icons = page.locator("link[rel~=icon]").evaluate_all("links => links.map(link => link.href)")
+            page.get_by_role("link", name="Model cards").click()
+            expect(page.get_by_role("heading", name="Model cards")).to_be_visible(timeout=60_000)
+            icons += page.locator("link[rel~=icon]").evaluate_all("links => links.map(link => link.href)")
         finally:
             browser.close()
 
+    assert not elsewhere(dashboard_url, requested), "the page must not call out (README: no network at run time)"
+    assert not elsewhere(dashboard_url, icons), "the page icon must not come from another host"
     assert not alerts
     assert "Traceback" not in text
     headings = [line.strip() for line in text.splitlines()]
