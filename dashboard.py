@@ -44,6 +44,7 @@ from lungviz.inference.session import AUTO, Analysis, AnalysisSession
 from lungviz.models.registry import weights_dir
 from lungviz.reporting.export import overlay_filename, png_bytes, to_csv, to_json_lines
 from lungviz.reporting.figures import comparison_chart, probability_chart
+from lungviz.reporting.markdown import literal
 from lungviz.reporting.overlay import (
     COLORMAPS,
     DEFAULT_COLORMAP,
@@ -209,14 +210,14 @@ def prepared_image(upload: Upload) -> ChestImage:
 def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, controls: Controls) -> Analysis:
     """Run (or recall) the models on one prepared image; a status box shows progress while they run."""
     key = (image.frame, image.window, controls.task, controls.models, controls.method, controls.target)
-    status = st.status(f"Analysing {upload.name}...", expanded=True)
+    status = st.status(f"Analysing {literal(upload.name)}...", expanded=True)
 
     def run() -> Analysis:
         with status:
             bar = st.progress(0.0, text="Checking what kind of image this is")
 
             def progress(message: str, step: int, total: int) -> None:
-                bar.progress(step / max(total, 1), text=message)
+                bar.progress(step / max(total, 1), text=literal(message))
 
             return session.analyse_image(
                 image,
@@ -231,7 +232,7 @@ def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, control
     try:
         analysis = remembered(upload, "analyses", key, run)
     except Exception:
-        status.update(label=f"Analysing {upload.name} failed", state="error", expanded=False)
+        status.update(label=f"Analysing {literal(upload.name)} failed", state="error", expanded=False)
         raise
     seconds = sum(result.seconds for result in analysis.results)
     done = (
@@ -250,14 +251,14 @@ def overlay(image: ChestImage, result: ModelResult, controls: Controls) -> np.nd
 def show_routing(analysis: Analysis) -> None:
     st.markdown(f"**Modality:** {analysis.modality.describe()}  \n**Task:** {analysis.task or 'none (not classified)'}")
     if analysis.warning:
-        st.warning(analysis.warning, icon=":material/warning:")
+        st.warning(literal(analysis.warning), icon=":material/warning:")
 
 
 def show_metadata(image: ChestImage) -> None:
     """The safe technical fields the reader kept; open by default for DICOM, whose header has the most to say."""
     dicom = "Modality" in image.metadata
     with st.expander("DICOM header (technical fields only)" if dicom else "File details", expanded=dicom):
-        st.table([{"field": key, "value": value} for key, value in image.metadata.items()])
+        st.table([{"field": key, "value": literal(value)} for key, value in image.metadata.items()])
 
 
 def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
@@ -288,7 +289,7 @@ def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls:
 
 def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> tuple[Analysis, dict[str, np.ndarray]]:
     """Everything about one file; a bad file shows its own error and leaves the others alone."""
-    st.header(upload.name, divider="gray")
+    st.header(literal(upload.name), divider="gray")
     try:
         image_column, facts_column = st.columns([1, 4])
         routing = facts_column.container()
@@ -302,15 +303,15 @@ def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> t
         )
         analysis = analyse(session, upload, image, controls)
     except ImageInputError as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(literal(str(error)), icon=":material/error:")
         return Analysis(file=upload.name, error=str(error)), {}
     except (ModelLoadError, ExplanationError) as error:
-        st.error(f"{upload.name}: could not be analysed: {error}", icon=":material/error:")
+        st.error(literal(f"{upload.name}: could not be analysed: {error}"), icon=":material/error:")
         return Analysis(file=upload.name, error=str(error)), {}
     # The page's boundary: an unforeseen failure (the gate, TensorFlow) stops this file only, never the page.
     except Exception as error:  # noqa: BLE001
         message = f"{type(error).__name__}: {error}"
-        st.error(f"{upload.name}: could not be analysed: {message}", icon=":material/error:")
+        st.error(literal(f"{upload.name}: could not be analysed: {message}"), icon=":material/error:")
         return Analysis(file=upload.name, error=message), {}
     with routing:
         show_routing(analysis)
@@ -326,7 +327,7 @@ def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> t
     for column, result in zip(st.columns(max(len(analysis.results), MIN_COLUMNS)), analysis.results, strict=False):
         with column:
             overlays[overlay_filename(upload.name, result.name)] = show_model(upload, image, result, controls)
-    st.markdown(f"**All models on {upload.name}**")
+    st.markdown(f"**All models on {literal(upload.name)}**")
     st.plotly_chart(comparison_chart(analysis.results), key=f"comparison-{upload.key}")
     return analysis, overlays
 
@@ -390,7 +391,7 @@ def main() -> None:
     try:
         session = analysis_session(str(weights_dir()))
     except ModelCardError as error:
-        st.error(f"A model card is broken, so the models cannot be listed: {error}")
+        st.error(f"A model card is broken, so the models cannot be listed: {literal(str(error))}")
         return
     if not session.tasks:
         st.info(no_models_message(session.root))
