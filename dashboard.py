@@ -42,7 +42,7 @@ from lungviz.inference.images import (
 from lungviz.inference.prediction import PREDICTED, ModelResult
 from lungviz.inference.session import AUTO, Analysis, AnalysisSession
 from lungviz.models.registry import weights_dir
-from lungviz.reporting.export import overlay_filename, png_bytes, to_csv, to_json_lines
+from lungviz.reporting.export import OverlayNames, overlay_filename, png_bytes, to_csv, to_json_lines
 from lungviz.reporting.figures import comparison_chart, probability_chart
 from lungviz.reporting.markdown import literal
 from lungviz.reporting.overlay import (
@@ -288,7 +288,7 @@ def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls:
 
 
 def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> tuple[Analysis, dict[str, np.ndarray]]:
-    """Everything about one file; a bad file shows its own error and leaves the others alone."""
+    """Everything about one file, and its overlays by model; a bad file shows its error and leaves the others alone."""
     st.header(literal(upload.name), divider="gray")
     try:
         image_column, facts_column = st.columns([1, 4])
@@ -326,7 +326,7 @@ def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> t
     overlays = {}
     for column, result in zip(st.columns(max(len(analysis.results), MIN_COLUMNS)), analysis.results, strict=False):
         with column:
-            overlays[overlay_filename(upload.name, result.name)] = show_model(upload, image, result, controls)
+            overlays[result.name] = show_model(upload, image, result, controls)
     st.markdown(f"**All models on {literal(upload.name)}**")
     st.plotly_chart(comparison_chart(analysis.results), key=f"comparison-{upload.key}")
     return analysis, overlays
@@ -402,11 +402,11 @@ def main() -> None:
     if not uploads:
         st.info("Drop one or several chest X-rays or CT slices above to see each model's decision and heatmap.")
         return
-    analyses, overlays = [], {}
-    for upload in uploads:
+    analyses, overlays, names = [], {}, OverlayNames()
+    for index, upload in enumerate(uploads):
         analysis, drawn = show_file(session, upload, controls)
         analyses.append(analysis)
-        overlays.update(drawn)
+        overlays.update({names.claim(index, upload.name, model): rgb for model, rgb in drawn.items()})
     show_downloads(analyses, overlays)
 
 

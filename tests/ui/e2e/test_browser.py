@@ -14,13 +14,16 @@ separated) to show real models on real images instead of the test fixtures.
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ import pytest
 from PIL import Image
 
 from lungviz.models.registry import WEIGHTS_ENV
+from lungviz.reporting.markdown import WORD_JOINER
 from tests.images_factory import (
     chest_hounsfield,
     chest_radiograph,
@@ -85,10 +89,10 @@ def weights(request) -> Path:
     return Path(chosen) if chosen else request.getfixturevalue("weights_root")
 
 
-@pytest.fixture
-def dashboard_url(weights, tmp_path) -> Iterator[str]:
+@contextmanager
+def _served(weights: Path, log: Path) -> Iterator[str]:
+    """`streamlit run dashboard.py` on a free loopback port with these weights, stopped on exit."""
     port = _free_port()
-    log = tmp_path / "streamlit.log"
     command = [
         sys.executable,
         "-m",
@@ -121,6 +125,19 @@ def dashboard_url(weights, tmp_path) -> Iterator[str]:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture
+def dashboard_url(weights, tmp_path) -> Iterator[str]:
+    with _served(weights, tmp_path / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture
+def test_models_url(weights_root, tmp_path) -> Iterator[str]:
+    """The dashboard on the small test models whatever LUNGVIZ_E2E_WEIGHTS says (their outputs are counted)."""
+    with _served(weights_root, tmp_path / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture
@@ -199,3 +216,65 @@ def test_uploaded_png_and_dicom_get_every_models_answer_in_a_real_browser(
         assert headings.count(name) >= 1, f"no column for model {name}"
     assert {"NORMAL", "PNEUMONIA"} & set(headings)
     assert {"non-COVID", "COVID"} & set(headings)
+
+
+def test_odd_file_names_stay_text_and_every_overlay_and_row_reaches_the_downloads(
+    test_models_url, weights_root, tmp_path
+):
+    """Names that are Markdown, names that share a stem, a 250-character name and a formula, dropped together."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from lungviz.models.registry import discover
+
+    beacon = f"http://127.0.0.1:{_free_port()}/beacon.png"  # nothing listens there, but a request would be seen
+    analysed = {
+        f"![beacon]({beacon}).png": encode(Image.fromarray(to_8bit(chest_radiograph())), "PNG"),
+        "same.png": encode(Image.fromarray(to_8bit(chest_radiograph(seed=1))), "PNG"),
+        "same.jpg": encode(Image.fromarray(to_8bit(chest_radiograph(seed=2))), "JPEG"),
+        "x" * 246 + ".png": encode(Image.fromarray(to_8bit(chest_radiograph(seed=3))), "PNG"),
+    }
+    rejected = {"[click](javascript:alert(document.domain)).png": b"not an image", "=SUM(1,2).png": b"nor this"}
+    files = {**analysed, **rejected}
+    models_per_file = len(discover(weights_root)["xray-pneumonia"])  # no gate in the fixture: pictures go to X-ray
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(test_models_url)
+            expect(page.get_by_text("Research tool, not a medical device")).to_be_visible(timeout=60_000)
+            page.locator("input[type=file]").set_input_files(
+                [{"name": name, "mimeType": "application/octet-stream", "buffer": data} for name, data in files.items()]
+            )
+            expect(page.get_by_text("All models on")).to_have_count(len(analysed), timeout=RESULTS_SECONDS * 1000)
+            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=60_000)
+            headings = page.get_by_test_id("stMain").locator("h2").all_inner_texts()
+            active = page.locator(f"a[href^='javascript'], img[src='{beacon}']").count()
+            zipped = _download(page, "All overlays (ZIP)", tmp_path)
+            table = _download(page, "Results (CSV)", tmp_path)
+        finally:
+            browser.close()
+
+    assert sorted(text.replace(WORD_JOINER, "").strip() for text in headings) == sorted([*files, "Downloads"])
+    assert active == 0
+    assert not elsewhere(test_models_url, requested)
+    with zipfile.ZipFile(zipped) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path / "overlays")  # on a real file system: a name too long or unsafe fails here
+    assert len({name.casefold() for name in names}) == len(analysed) * models_per_file
+    assert sorted(path.name for path in (tmp_path / "overlays").iterdir()) == sorted(names)
+    assert sum("same__" in name for name in names) == 2 * models_per_file  # same.png and same.jpg both kept
+    assert sum(name.startswith("x" * 60) for name in names) == models_per_file
+    with table.open(newline="") as rows:
+        cells = [row["file"] for row in csv.DictReader(rows)]
+    assert sorted(set(cells)) == sorted([*analysed, "[click](javascript:alert(document.domain)).png", "'=SUM(1,2).png"])
+
+
+def _download(page, label: str, folder: Path) -> Path:
+    """Click a download button and keep what it gives."""
+    with page.expect_download() as download:
+        page.get_by_test_id("stDownloadButton").filter(has_text=label).get_by_role("button").click()
+    path = folder / download.value.suggested_filename
+    download.value.save_as(path)
+    return path
