@@ -34,7 +34,6 @@ from lungviz.inference.explanations import DEFAULT_METHOD, METHODS
 from lungviz.inference.images import (
     CT_WINDOWS,
     DEFAULT_CT_WINDOW,
-    UPLOAD_EXTENSIONS,
     ChestImage,
     Window,
     load_image,
@@ -123,10 +122,9 @@ def forget_removed_files(uploads: Sequence[Upload]) -> None:
 def uploaded_files() -> list[Upload]:
     files = st.file_uploader(
         "Chest X-rays or CT slices",
-        type=UPLOAD_EXTENSIONS,
-        accept_multiple_files=True,
-        help="PNG, JPEG, TIFF, BMP or DICOM. DICOM is recognised by its content, so a DICOM file without "
-        "an extension works once renamed to .dcm.",
+        accept_multiple_files=True,  # and any file name: the content decides (DICOM from a PACS often has none)
+        help="PNG, JPEG, TIFF, BMP or DICOM, with or without an extension: LungViz reads what a file contains, "
+        "so a DICOM file exported without one (IM0001) works as it is.",
     )
     uploads = (Upload.of(file.name, file.getvalue()) for file in files or [])
     return list({upload.key: upload for upload in uploads}.values())  # the same file dropped twice shows once

@@ -49,9 +49,6 @@ from pydicom.sequence import Sequence
 
 from lungviz.errors import ChoiceError, ImageInputError
 
-UPLOAD_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "dicom"]
-"""File name endings the uploader offers; the content decides how a file is read."""
-
 SUPPORTED = "PNG, JPEG, TIFF, BMP and DICOM"
 PICTURE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 """Pillow decoders LungViz allows; others (e.g. EPS, which runs Ghostscript) are never tried."""

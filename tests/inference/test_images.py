@@ -15,7 +15,6 @@ from lungviz.errors import ImageInputError
 from lungviz.inference.images import (
     CT_WINDOWS,
     MAX_PIXELS,
-    UPLOAD_EXTENSIONS,
     ChestImage,
     Window,
     apply_window,
@@ -500,8 +499,12 @@ def test_windows_need_dicom_values_and_known_preset_names():
         Window(40, 0)
 
 
-@pytest.mark.parametrize("extension", UPLOAD_EXTENSIONS)
-def test_every_uploader_extension_loads(extension):
-    file_format = Image.registered_extensions().get(f".{extension}")
+@pytest.mark.parametrize(
+    "name", ["chest.png", "chest.jpg", "chest.jpeg", "chest.tif", "chest.tiff", "chest.bmp", "chest.dcm", "chest.dicom"]
+)
+@pytest.mark.parametrize("renamed", [False, True], ids=["as named", "extension dropped"])
+def test_every_supported_format_loads_with_its_usual_extension_or_none(name, renamed):
+    """The content decides, as the uploader accepts any file: DICOM from a PACS often has no extension."""
+    file_format = Image.registered_extensions().get("." + name.split(".")[1])
     data = picture_case("L", file_format, GRAY)[0] if file_format else radiograph_dicom(GRAY)
-    assert_display_ready(load_image(data, f"chest.{extension}"), GRAY.shape)
+    assert_display_ready(load_image(data, name.split(".")[0] if renamed else name), GRAY.shape)

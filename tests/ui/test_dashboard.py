@@ -102,9 +102,7 @@ def test_start_page_shows_the_disclaimer_and_a_multi_file_uploader(app):
     assert not app.exception
     assert any("not a medical device" in warning.value for warning in app.warning)
     assert not app.main.markdown, "stray text on the start page (Streamlit magic prints bare module-level literals)"
-    uploader = app.file_uploader[0]
-    assert uploader.accept_multiple_files
-    assert {".png", ".jpg", ".dcm", ".tiff"} <= set(uploader.allowed_type)
+    assert app.file_uploader[0].accept_multiple_files
     assert [slider.label for slider in app.sidebar.slider] == ["Heatmap opacity"]
 
 
@@ -282,6 +280,22 @@ def test_file_names_and_header_values_are_shown_as_text_never_as_markdown(app):
 
 def ct_slice_made_by(manufacturer: str) -> bytes:
     return ct_dicom(chest_hounsfield(), slope=2.0, intercept=-2048.0, Manufacturer=manufacturer)
+
+
+def test_files_without_an_extension_are_read_by_content_and_other_formats_say_what_they_are(app, model_runs):
+    """A PACS export names DICOM files IM0001; the uploader takes any name and the reader decides."""
+    gif = encode(Image.fromarray(to_8bit(chest_radiograph())), "GIF")
+    upload(
+        app, ("IM0001", ct_slice()), ("scan", chest_png()), ("chest.gif", gif), ("notes.txt", b"Impression: normal.")
+    )
+
+    assert not app.exception
+    assert headers(app) == ["IM0001", "scan", "chest.gif", "notes.txt", "Downloads"]
+    assert len(model_runs) == 4  # both models on the DICOM and on the PNG
+    assert [shown_text(error.value) for error in app.error] == [
+        "chest.gif: not an image LungViz can read (this is a GIF image): supported are PNG, JPEG, TIFF, BMP and DICOM",
+        "notes.txt: not an image LungViz can read (this is a text file): supported are PNG, JPEG, TIFF, BMP and DICOM",
+    ]
 
 
 def test_the_same_file_dropped_twice_shows_once_and_a_renamed_copy_separately(app):

@@ -221,7 +221,8 @@ def test_uploaded_png_and_dicom_get_every_models_answer_in_a_real_browser(
 def test_odd_file_names_stay_text_and_every_overlay_and_row_reaches_the_downloads(
     test_models_url, weights_root, tmp_path
 ):
-    """Names that are Markdown, names that share a stem, a 250-character name and a formula, dropped together."""
+    """Names that are Markdown, that share a stem, that are 250 characters long, have no extension or look like a
+    formula, dropped together."""
     from playwright.sync_api import expect, sync_playwright
 
     from lungviz.models.registry import discover
@@ -232,10 +233,12 @@ def test_odd_file_names_stay_text_and_every_overlay_and_row_reaches_the_download
         "same.png": encode(Image.fromarray(to_8bit(chest_radiograph(seed=1))), "PNG"),
         "same.jpg": encode(Image.fromarray(to_8bit(chest_radiograph(seed=2))), "JPEG"),
         "x" * 246 + ".png": encode(Image.fromarray(to_8bit(chest_radiograph(seed=3))), "PNG"),
+        "IM0001": ct_dicom(chest_hounsfield(), slope=2.0, intercept=-2048.0),  # DICOM as a PACS exports it
     }
     rejected = {"[click](javascript:alert(document.domain)).png": b"not an image", "=SUM(1,2).png": b"nor this"}
     files = {**analysed, **rejected}
-    models_per_file = len(discover(weights_root)["xray-pneumonia"])  # no gate in the fixture: pictures go to X-ray
+    cards = discover(weights_root)  # no gate in the fixture: pictures go to the X-ray models, the CT DICOM to CT
+    overlay_count = (len(analysed) - 1) * len(cards["xray-pneumonia"]) + len(cards["ct-covid"])
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -262,10 +265,11 @@ def test_odd_file_names_stay_text_and_every_overlay_and_row_reaches_the_download
     with zipfile.ZipFile(zipped) as archive:
         names = archive.namelist()
         archive.extractall(tmp_path / "overlays")  # on a real file system: a name too long or unsafe fails here
-    assert len({name.casefold() for name in names}) == len(analysed) * models_per_file
+    assert len({name.casefold() for name in names}) == overlay_count
     assert sorted(path.name for path in (tmp_path / "overlays").iterdir()) == sorted(names)
-    assert sum("same__" in name for name in names) == 2 * models_per_file  # same.png and same.jpg both kept
-    assert sum(name.startswith("x" * 60) for name in names) == models_per_file
+    assert sum("same__" in name for name in names) == 2 * len(cards["xray-pneumonia"])  # same.png and same.jpg
+    assert sum(name.startswith("x" * 60) for name in names) == len(cards["xray-pneumonia"])
+    assert sum(name.startswith("IM0001__") for name in names) == len(cards["ct-covid"])
     with table.open(newline="") as rows:
         cells = [row["file"] for row in csv.DictReader(rows)]
     assert sorted(set(cells)) == sorted([*analysed, "[click](javascript:alert(document.domain)).png", "'=SUM(1,2).png"])
