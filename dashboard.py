@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
+from streamlit.typing import UploadedFile
 
 from lungviz.errors import (
     ExplanationError,
@@ -53,6 +54,7 @@ from lungviz.reporting.overlay import (
 )
 
 CUSTOM_WINDOW = "custom"
+UPLOADER = "uploads"  # the file uploader's key in st.session_state
 MIN_COLUMNS = 3  # a lone model still gets a third of the page, not a giant overlay
 ENTRIES_PER_FILE = 4  # decoded frames and analyses kept per uploaded file and user, least recently used dropped
 # (no bare string literals at module level here: Streamlit's "magic" would print them on the page)
@@ -78,7 +80,9 @@ class Upload:
 
     @classmethod
     def of(cls, name: str, data: bytes) -> Upload:
-        return cls(name, data, hashlib.sha256(name.encode() + b"\0" + data).hexdigest()[:16])
+        digest = hashlib.sha256(name.encode() + b"\0")
+        digest.update(data)  # not name + data: that would copy the whole file
+        return cls(name, data, digest.hexdigest()[:16])
 
 
 @dataclass(frozen=True)
@@ -120,14 +124,31 @@ def forget_removed_files(uploads: Sequence[Upload]) -> None:
 
 
 def uploaded_files() -> list[Upload]:
-    files = st.file_uploader(
+    st.file_uploader(
         "Chest X-rays or CT slices",
         accept_multiple_files=True,  # and any file name: the content decides (DICOM from a PACS often has none)
         help="PNG, JPEG, TIFF, BMP or DICOM, with or without an extension: LungViz reads what a file contains, "
         "so a DICOM file exported without one (IM0001) works as it is.",
+        key=UPLOADER,
     )
-    uploads = (Upload.of(file.name, file.getvalue()) for file in files or [])
+    # Streamlit's own objects (the return value is a copy of them), so that release_removed_files can close them.
+    files = {file.file_id: file for file in st.session_state[UPLOADER] if isinstance(file, UploadedFile)}
+    release_removed_files(files)
+    uploads = (Upload.of(file.name, file.getvalue()) for file in files.values())
     return list({upload.key: upload for upload in uploads}.values())  # the same file dropped twice shows once
+
+
+def release_removed_files(files: dict[str, UploadedFile]) -> None:
+    """Close Streamlit's objects of the files taken out of the uploader since the last run, freeing their bytes.
+
+    Streamlit keeps the uploader's previous value until the next run, and a closed
+    tab's whole session for minutes: until then each open UploadedFile would keep
+    a removed file's bytes in memory (up to server.maxUploadSize each).
+    """
+    held: dict[str, UploadedFile] = st.session_state.setdefault("uploaded_files", {})
+    for file_id in held.keys() - files.keys():
+        held.pop(file_id).close()
+    held.update(files)
 
 
 def sidebar(session: AnalysisSession) -> Controls:

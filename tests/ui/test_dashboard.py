@@ -7,6 +7,7 @@ AppTest runs the real scripts against the small real Keras models of the
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from streamlit.typing import UploadedFile
 
 from lungviz.inference.prediction import Classifier
 from lungviz.models.registry import WEIGHTS_ENV, discover
@@ -296,6 +298,20 @@ def test_files_without_an_extension_are_read_by_content_and_other_formats_say_wh
         "chest.gif: not an image LungViz can read (this is a GIF image): supported are PNG, JPEG, TIFF, BMP and DICOM",
         "notes.txt: not an image LungViz can read (this is a text file): supported are PNG, JPEG, TIFF, BMP and DICOM",
     ]
+
+
+def test_a_file_taken_out_of_the_uploader_leaves_nothing_holding_its_bytes(app):
+    """Streamlit keeps the uploader's previous value until the next run (a closed tab's session for minutes);
+    an UploadedFile left open there kept the removed file's bytes, up to the upload limit, in memory."""
+    upload(app, ("junk.dcm", b"JUNK" * 100_000), ("chest.png", chest_png()))
+    upload(app, ("chest.png", chest_png()))
+
+    assert not app.exception
+    assert headers(app) == ["chest.png", "Downloads"]
+    gc.collect()
+    still_open = [obj.name for obj in gc.get_objects() if isinstance(obj, UploadedFile) and not obj.closed]
+    assert "junk.dcm" not in still_open
+    assert "chest.png" in still_open
 
 
 def test_the_same_file_dropped_twice_shows_once_and_a_renamed_copy_separately(app):
