@@ -91,7 +91,7 @@ def weights(request) -> Path:
 
 @contextmanager
 def _served(weights: Path, log: Path) -> Iterator[str]:
-    """`streamlit run dashboard.py` on a free loopback port with these weights, stopped on exit."""
+    """`streamlit run dashboard.py` on a free port with these weights, stopped on exit (the address is config's)."""
     port = _free_port()
     command = [
         sys.executable,
@@ -101,8 +101,6 @@ def _served(weights: Path, log: Path) -> Iterator[str]:
         str(DASHBOARD),
         "--server.headless",
         "true",
-        "--server.address",
-        "127.0.0.1",
         "--server.port",
         str(port),
         "--server.fileWatcherType",
@@ -282,3 +280,18 @@ def _download(page, label: str, folder: Path) -> Path:
     path = folder / download.value.suggested_filename
     download.value.save_as(path)
     return path
+
+
+def test_the_server_listens_on_loopback_only_unless_told_otherwise(test_models_url):
+    """.streamlit/config.toml sets server.address: from another machine the port is closed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a UDP "connection" sends nothing; it picks the outward interface
+        except OSError:
+            pytest.skip("this machine has no network interface besides loopback")
+        outward = probe.getsockname()[0]
+    port = int(test_models_url.rsplit(":", 1)[1])
+    with urllib.request.urlopen(f"{test_models_url}/_stcore/health", timeout=5) as response:
+        assert response.status == 200
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((outward, port), timeout=5).close()
