@@ -1,8 +1,11 @@
 """End to end: the dashboard served by `streamlit run`, used from a real headless Chromium.
 
 A user drops a PNG radiograph and a CT DICOM slice onto the uploader and waits
-for every model's answer. Debian's Chromium (/usr/bin/chromium) is driven by
-Playwright; the test skips when that browser is absent. The server runs with
+for every model's answer, and nothing is fetched from any host but the app's
+own. Another drops files with hostile or awkward names and checks what the page
+shows and what the downloads hold; a third checks the server is not reachable
+from the network. Debian's Chromium (/usr/bin/chromium) is driven by
+Playwright; the tests skip when that browser is absent. The server runs with
 `client.showErrorDetails=full` so that a bug could not hide behind the
 user-facing "none" of .streamlit/config.toml.
 
