@@ -26,6 +26,10 @@ _CONTROLS = {code: " " if chr(code).isspace() else "\ufffd" for code in [*range(
 
 
 def literal(text: str) -> str:
-    """`text` as Streamlit Markdown that shows exactly that text (up to invisible word joiners), on one line."""
+    """`text` as Streamlit Markdown that shows as that very text, on one line.
+
+    Line breaks and tabs show as spaces and other control characters as �; the
+    word joiners are invisible.
+    """
     joined = _REWRITTEN_AFTER_PARSING.sub(WORD_JOINER, text.translate(_CONTROLS))
     return _ASCII_PUNCTUATION.sub(r"\\\1", joined)
