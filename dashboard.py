@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
+from streamlit.typing import UploadedFile
 
 from lungviz.errors import (
     ExplanationError,
@@ -34,7 +35,6 @@ from lungviz.inference.explanations import DEFAULT_METHOD, METHODS
 from lungviz.inference.images import (
     CT_WINDOWS,
     DEFAULT_CT_WINDOW,
-    UPLOAD_EXTENSIONS,
     ChestImage,
     Window,
     load_image,
@@ -42,8 +42,9 @@ from lungviz.inference.images import (
 from lungviz.inference.prediction import PREDICTED, ModelResult
 from lungviz.inference.session import AUTO, Analysis, AnalysisSession
 from lungviz.models.registry import weights_dir
-from lungviz.reporting.export import overlay_filename, png_bytes, to_csv, to_json_lines
+from lungviz.reporting.export import OverlayNames, overlay_filename, png_bytes, to_csv, to_json_lines
 from lungviz.reporting.figures import comparison_chart, probability_chart
+from lungviz.reporting.markdown import literal
 from lungviz.reporting.overlay import (
     COLORMAPS,
     DEFAULT_COLORMAP,
@@ -53,6 +54,7 @@ from lungviz.reporting.overlay import (
 )
 
 CUSTOM_WINDOW = "custom"
+UPLOADER = "uploads"  # the file uploader's key in st.session_state
 MIN_COLUMNS = 3  # a lone model still gets a third of the page, not a giant overlay
 ENTRIES_PER_FILE = 4  # decoded frames and analyses kept per uploaded file and user, least recently used dropped
 # (no bare string literals at module level here: Streamlit's "magic" would print them on the page)
@@ -63,7 +65,9 @@ DISCLAIMER = (
     "not where disease is."
 )
 
-st.set_page_config(page_title="LungViz", page_icon=":material/pulmonology:", layout="wide")
+# An emoji page icon becomes an inline SVG; a ":material/...:" one is fetched from fonts.gstatic.com (README promises
+# no network). The ":material/...:" icons inside the page are fine: Streamlit ships that font and serves it itself.
+st.set_page_config(page_title="LungViz", page_icon="🫁", layout="wide")
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,9 @@ class Upload:
 
     @classmethod
     def of(cls, name: str, data: bytes) -> Upload:
-        return cls(name, data, hashlib.sha256(name.encode() + b"\0" + data).hexdigest()[:16])
+        digest = hashlib.sha256(name.encode() + b"\0")
+        digest.update(data)  # not name + data: that would copy the whole file
+        return cls(name, data, digest.hexdigest()[:16])
 
 
 @dataclass(frozen=True)
@@ -120,15 +126,31 @@ def forget_removed_files(uploads: Sequence[Upload]) -> None:
 
 
 def uploaded_files() -> list[Upload]:
-    files = st.file_uploader(
+    st.file_uploader(
         "Chest X-rays or CT slices",
-        type=UPLOAD_EXTENSIONS,
-        accept_multiple_files=True,
-        help="PNG, JPEG, TIFF, BMP or DICOM. DICOM is recognised by its content, so a DICOM file without "
-        "an extension works once renamed to .dcm.",
+        accept_multiple_files=True,  # and any file name: the content decides (DICOM from a PACS often has none)
+        help="PNG, JPEG, TIFF, BMP or DICOM, with or without an extension: LungViz reads what a file contains, "
+        "so a DICOM file exported without one (IM0001) works as it is.",
+        key=UPLOADER,
     )
-    uploads = (Upload.of(file.name, file.getvalue()) for file in files or [])
+    # Streamlit's own objects (the return value is a copy of them), so that release_removed_files can close them.
+    files = {file.file_id: file for file in st.session_state[UPLOADER] if isinstance(file, UploadedFile)}
+    release_removed_files(files)
+    uploads = (Upload.of(file.name, file.getvalue()) for file in files.values())
     return list({upload.key: upload for upload in uploads}.values())  # the same file dropped twice shows once
+
+
+def release_removed_files(files: dict[str, UploadedFile]) -> None:
+    """Close Streamlit's objects of the files taken out of the uploader since the last run, freeing their bytes.
+
+    Streamlit keeps the uploader's previous value until the next run, and a closed
+    tab's whole session for minutes: until then each open UploadedFile would keep
+    a removed file's bytes in memory (up to server.maxUploadSize each).
+    """
+    held: dict[str, UploadedFile] = st.session_state.setdefault("uploaded_files", {})
+    for file_id in held.keys() - files.keys():
+        held.pop(file_id).close()
+    held.update(files)
 
 
 def sidebar(session: AnalysisSession) -> Controls:
@@ -209,14 +231,14 @@ def prepared_image(upload: Upload) -> ChestImage:
 def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, controls: Controls) -> Analysis:
     """Run (or recall) the models on one prepared image; a status box shows progress while they run."""
     key = (image.frame, image.window, controls.task, controls.models, controls.method, controls.target)
-    status = st.status(f"Analysing {upload.name}...", expanded=True)
+    status = st.status(f"Analysing {literal(upload.name)}...", expanded=True)
 
     def run() -> Analysis:
         with status:
             bar = st.progress(0.0, text="Checking what kind of image this is")
 
             def progress(message: str, step: int, total: int) -> None:
-                bar.progress(step / max(total, 1), text=message)
+                bar.progress(step / max(total, 1), text=literal(message))
 
             return session.analyse_image(
                 image,
@@ -231,7 +253,7 @@ def analyse(session: AnalysisSession, upload: Upload, image: ChestImage, control
     try:
         analysis = remembered(upload, "analyses", key, run)
     except Exception:
-        status.update(label=f"Analysing {upload.name} failed", state="error", expanded=False)
+        status.update(label=f"Analysing {literal(upload.name)} failed", state="error", expanded=False)
         raise
     seconds = sum(result.seconds for result in analysis.results)
     done = (
@@ -250,14 +272,14 @@ def overlay(image: ChestImage, result: ModelResult, controls: Controls) -> np.nd
 def show_routing(analysis: Analysis) -> None:
     st.markdown(f"**Modality:** {analysis.modality.describe()}  \n**Task:** {analysis.task or 'none (not classified)'}")
     if analysis.warning:
-        st.warning(analysis.warning, icon=":material/warning:")
+        st.warning(literal(analysis.warning), icon=":material/warning:")
 
 
 def show_metadata(image: ChestImage) -> None:
     """The safe technical fields the reader kept; open by default for DICOM, whose header has the most to say."""
     dicom = "Modality" in image.metadata
     with st.expander("DICOM header (technical fields only)" if dicom else "File details", expanded=dicom):
-        st.table([{"field": key, "value": value} for key, value in image.metadata.items()])
+        st.table([{"field": key, "value": literal(value)} for key, value in image.metadata.items()])
 
 
 def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
@@ -287,8 +309,8 @@ def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls:
 
 
 def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> tuple[Analysis, dict[str, np.ndarray]]:
-    """Everything about one file; a bad file shows its own error and leaves the others alone."""
-    st.header(upload.name, divider="gray")
+    """Everything about one file, and its overlays by model; a bad file shows its error and leaves the others alone."""
+    st.header(literal(upload.name), divider="gray")
     try:
         image_column, facts_column = st.columns([1, 4])
         routing = facts_column.container()
@@ -302,15 +324,15 @@ def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> t
         )
         analysis = analyse(session, upload, image, controls)
     except ImageInputError as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(literal(str(error)), icon=":material/error:")
         return Analysis(file=upload.name, error=str(error)), {}
     except (ModelLoadError, ExplanationError) as error:
-        st.error(f"{upload.name}: could not be analysed: {error}", icon=":material/error:")
+        st.error(literal(f"{upload.name}: could not be analysed: {error}"), icon=":material/error:")
         return Analysis(file=upload.name, error=str(error)), {}
     # The page's boundary: an unforeseen failure (the gate, TensorFlow) stops this file only, never the page.
     except Exception as error:  # noqa: BLE001
         message = f"{type(error).__name__}: {error}"
-        st.error(f"{upload.name}: could not be analysed: {message}", icon=":material/error:")
+        st.error(literal(f"{upload.name}: could not be analysed: {message}"), icon=":material/error:")
         return Analysis(file=upload.name, error=message), {}
     with routing:
         show_routing(analysis)
@@ -325,8 +347,8 @@ def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> t
     overlays = {}
     for column, result in zip(st.columns(max(len(analysis.results), MIN_COLUMNS)), analysis.results, strict=False):
         with column:
-            overlays[overlay_filename(upload.name, result.name)] = show_model(upload, image, result, controls)
-    st.markdown(f"**All models on {upload.name}**")
+            overlays[result.name] = show_model(upload, image, result, controls)
+    st.markdown(f"**All models on {literal(upload.name)}**")
     st.plotly_chart(comparison_chart(analysis.results), key=f"comparison-{upload.key}")
     return analysis, overlays
 
@@ -390,7 +412,7 @@ def main() -> None:
     try:
         session = analysis_session(str(weights_dir()))
     except ModelCardError as error:
-        st.error(f"A model card is broken, so the models cannot be listed: {error}")
+        st.error(f"A model card is broken, so the models cannot be listed: {literal(str(error))}")
         return
     if not session.tasks:
         st.info(no_models_message(session.root))
@@ -401,11 +423,11 @@ def main() -> None:
     if not uploads:
         st.info("Drop one or several chest X-rays or CT slices above to see each model's decision and heatmap.")
         return
-    analyses, overlays = [], {}
-    for upload in uploads:
+    analyses, overlays, names = [], {}, OverlayNames()
+    for index, upload in enumerate(uploads):
         analysis, drawn = show_file(session, upload, controls)
         analyses.append(analysis)
-        overlays.update(drawn)
+        overlays.update({names.claim(index, upload.name, model): rgb for model, rgb in drawn.items()})
     show_downloads(analyses, overlays)
 
 

@@ -263,6 +263,7 @@ def _session(weights: Path | None):
 
 def _run_predict(args: argparse.Namespace) -> int:
     from lungviz.inference.explanations import check_method
+    from lungviz.reporting.export import OverlayNames
 
     method = None if args.method == "none" else args.method
     check_method(method)
@@ -271,7 +272,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     session.check_request(wanted, args.task, args.target)
     if args.save_heatmaps is not None:
         args.save_heatmaps.mkdir(parents=True, exist_ok=True)
-    written: set[str] = set()
+    names = OverlayNames()
     for index, file in enumerate(args.files):
         record, overlays = session.analyse_path(
             file,
@@ -281,11 +282,13 @@ def _run_predict(args: argparse.Namespace) -> int:
             target=args.target,
             want_overlays=args.save_heatmaps is not None,
         )
-        for filename, png in overlays.items():
-            if filename in written:  # two inputs with the same stem: keep both
-                filename = f"{index:03d}-{filename}"
-            written.add(filename)
-            (args.save_heatmaps / filename).write_bytes(png)
+        for model, png in overlays.items():
+            target = args.save_heatmaps / names.claim(index, Path(file).name, model)
+            try:
+                target.write_bytes(png)
+            except OSError as error:  # a full disk or a refused name: this file's warning, the batch goes on
+                failure = f"overlay {target.name} was not saved ({error.strerror or error})"
+                record["warning"] = "; ".join(filter(None, [record["warning"], failure]))
         print(_format(record, as_json=args.json), flush=True)
     return 0
 

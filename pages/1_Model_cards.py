@@ -15,8 +15,10 @@ from lungviz.errors import ModelCardError
 from lungviz.inference.modality import gate_card
 from lungviz.models.cards import ModelCard
 from lungviz.models.registry import discover, weights_dir
+from lungviz.reporting.markdown import literal
 
-st.set_page_config(page_title="LungViz model cards", page_icon=":material/description:", layout="wide")
+# An emoji page icon: a ":material/...:" one is fetched from fonts.gstatic.com (see dashboard.py).
+st.set_page_config(page_title="LungViz model cards", page_icon="📇", layout="wide")
 
 
 def _metric_rows(test: dict[str, Any]) -> list[dict[str, Any]]:
@@ -104,10 +106,10 @@ st.caption(
 try:
     cards_by_task = discover()
 except ModelCardError as error:
-    st.error(f"A model card in {weights_dir()} is broken: {error}")
+    st.error(literal(f"A model card in {weights_dir()} is broken: {error}"))
     st.stop()
 if not any(cards_by_task.values()):
-    st.info(f"No models in {weights_dir()}. The dashboard's start page explains how to get them.")
+    st.info(f"No models in {literal(str(weights_dir()))}. The dashboard's start page explains how to get them.")
 for task, cards in cards_by_task.items():
     if cards:
         st.header(task)

@@ -166,6 +166,48 @@ def test_inputs_with_the_same_stem_keep_both_heatmaps(weights_root, tmp_path, ca
     assert Image.open(out / "001-chest__flat-softmax.png").size == (200, 150)
 
 
+def _predict_with_heatmaps(files: list[str], out: Path, weights_root: Path) -> int:
+    arguments = ["--json", "--task", "ct-covid", "--models", "flat-softmax", "--weights", str(weights_root)]
+    return main(["predict", *files, "--save-heatmaps", str(out), *arguments])
+
+
+def test_a_long_input_name_gets_a_short_distinct_overlay_name_and_the_batch_goes_on(weights_root, tmp_path, capsys):
+    """244 characters of stem: the overlay name (stem + model) would pass the file system's 255-byte limit."""
+    long_stems = ["a" * 244, "a" * 243 + "b"]
+    files = [str(_chest_png(tmp_path / f"{stem}.png")) for stem in long_stems] + [str(_chest_png(tmp_path / "c.png"))]
+    out = tmp_path / "heatmaps"
+
+    status = _predict_with_heatmaps(files, out, weights_root)
+
+    records = _records(capsys)
+    assert status == 0
+    assert [record["file"] for record in records] == files
+    assert all(record["warning"] is None for record in records)
+    written = sorted(path.name for path in out.iterdir())
+    assert len(written) == 3
+    assert all(len(name.encode()) <= 120 and name.endswith("__flat-softmax.png") for name in written)
+    assert written[2] == "c__flat-softmax.png"
+    assert all(name.startswith("a" * 60) for name in written[:2])
+
+
+def test_an_overlay_that_cannot_be_written_is_its_files_warning_not_the_end_of_the_batch(
+    weights_root, tmp_path, capsys
+):
+    files = [str(_chest_png(tmp_path / "first.png")), str(_chest_png(tmp_path / "second.png"))]
+    out = tmp_path / "heatmaps"
+    (out / "first__flat-softmax.png").mkdir(parents=True)  # the overlay's name is taken by a folder
+
+    status = _predict_with_heatmaps(files, out, weights_root)
+
+    first, second = _records(capsys)
+    assert status == 0
+    assert first["models"]
+    assert first["error"] is None
+    assert "overlay first__flat-softmax.png was not saved (Is a directory)" in first["warning"]
+    assert second["warning"] is None
+    assert Image.open(out / "second__flat-softmax.png").size == (180, 200)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

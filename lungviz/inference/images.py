@@ -49,9 +49,6 @@ from pydicom.sequence import Sequence
 
 from lungviz.errors import ChoiceError, ImageInputError
 
-UPLOAD_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "dicom"]
-"""File name endings the uploader offers; the content decides how a file is read."""
-
 SUPPORTED = "PNG, JPEG, TIFF, BMP and DICOM"
 PICTURE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 """Pillow decoders LungViz allows; others (e.g. EPS, which runs Ghostscript) are never tried."""
@@ -351,6 +348,8 @@ def _load_picture(data: bytes, name: str, frame: int) -> ChestImage:
             orientation = picture.getexif().get(ExifTags.Base.Orientation, 1)
             picture.load()
             upright = ImageOps.exif_transpose(picture)
+        except ImageInputError:
+            raise  # a size refusal, not a decoding failure (ImageInputError is also a ValueError)
         except _PICTURE_ERRORS as error:
             raise ImageInputError(name, f"{picture.format} file is truncated or corrupt ({error})") from None
     mode = upright.mode

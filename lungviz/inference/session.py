@@ -26,7 +26,7 @@ from lungviz.inference.modality import GATE_DIR, ModalityAssessment, ModalityGat
 from lungviz.inference.prediction import PREDICTED, Classifier, ModelResult
 from lungviz.models.cards import ModelCard
 from lungviz.models.registry import discover, load_model, select_cards, weights_dir
-from lungviz.reporting.export import file_record, overlay_filename, png_bytes
+from lungviz.reporting.export import file_record, png_bytes
 from lungviz.reporting.overlay import render_overlay
 from lungviz.tasks import TASKS, get_task
 
@@ -209,7 +209,7 @@ class AnalysisSession:
     def analyse_path(
         self, path: str, *, want_overlays: bool = False, **options: Any
     ) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """A file on disk to its record and, if wanted, overlay PNGs keyed by file name."""
+        """A file on disk to its record and, if wanted, overlay PNGs keyed by model name."""
         try:
             data = Path(path).read_bytes()
         except OSError as error:
@@ -219,7 +219,5 @@ class AnalysisSession:
         if want_overlays and analysis.image is not None:
             for result in analysis.results:
                 if result.heatmap is not None:
-                    overlays[overlay_filename(path, result.name)] = png_bytes(
-                        render_overlay(analysis.image.pixels, result.heatmap)
-                    )
+                    overlays[result.name] = png_bytes(render_overlay(analysis.image.pixels, result.heatmap))
         return analysis.record(), overlays

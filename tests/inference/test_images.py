@@ -17,7 +17,6 @@ from lungviz.inference import images as images_module
 from lungviz.inference.images import (
     CT_WINDOWS,
     MAX_PIXELS,
-    UPLOAD_EXTENSIONS,
     ChestImage,
     Window,
     apply_window,
@@ -492,6 +491,30 @@ def test_bad_input_gets_one_specific_message_naming_the_file(kind):
     assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "shape", "problem"),
+    [
+        ("tiny_1x1.png", (1, 1), "image is too small (1x1 pixels); the shorter side must be at least 64 pixels"),
+        (
+            "strip_4000x3.png",
+            (3, 4000),
+            "image is too small (4000x3 pixels); the shorter side must be at least 64 pixels",
+        ),
+        (
+            "wide_1000x200.png",
+            (200, 1000),
+            "image is 1000x200 pixels, an aspect ratio of 5.0:1; a chest image is at most 4:1",
+        ),
+    ],
+)
+def test_a_valid_picture_of_the_wrong_size_is_called_that_not_corrupt(name, shape, problem):
+    """Real, intact PNGs: the message is the size problem alone, without 'truncated or corrupt'."""
+    pixels = (np.arange(shape[0] * shape[1]) % 251).reshape(shape).astype(np.uint8)
+    with pytest.raises(ImageInputError) as raised:
+        load_image(encode(Image.fromarray(pixels), "PNG"), name)
+    assert str(raised.value) == f"{name}: {problem}"
+
+
 def test_bomb_is_refused_from_the_header_before_decoding():
     width, height = 7072, 7072  # just over the limit; a decoded 8-bit image would need 50 MB
     assert width * height > MAX_PIXELS
@@ -512,8 +535,12 @@ def test_windows_need_dicom_values_and_known_preset_names():
         Window(40, 0)
 
 
-@pytest.mark.parametrize("extension", UPLOAD_EXTENSIONS)
-def test_every_uploader_extension_loads(extension):
-    file_format = Image.registered_extensions().get(f".{extension}")
+@pytest.mark.parametrize(
+    "name", ["chest.png", "chest.jpg", "chest.jpeg", "chest.tif", "chest.tiff", "chest.bmp", "chest.dcm", "chest.dicom"]
+)
+@pytest.mark.parametrize("renamed", [False, True], ids=["as named", "extension dropped"])
+def test_every_supported_format_loads_with_its_usual_extension_or_none(name, renamed):
+    """The content decides, as the uploader accepts any file: DICOM from a PACS often has no extension."""
+    file_format = Image.registered_extensions().get("." + name.split(".")[1])
     data = picture_case("L", file_format, GRAY)[0] if file_format else radiograph_dicom(GRAY)
-    assert_display_ready(load_image(data, f"chest.{extension}"), GRAY.shape)
+    assert_display_ready(load_image(data, name.split(".")[0] if renamed else name), GRAY.shape)

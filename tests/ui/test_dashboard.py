@@ -7,6 +7,7 @@ AppTest runs the real scripts against the small real Keras models of the
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from streamlit.typing import UploadedFile
 
 from lungviz.inference.prediction import Classifier
 from lungviz.models.registry import WEIGHTS_ENV, discover
@@ -28,6 +30,7 @@ from tests.images_factory import (
     encode,
     to_8bit,
 )
+from tests.reporting.test_markdown import shown_text
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard.py"
 TIMEOUT = 120  # the first analysis of a session loads the models and traces Grad-CAM
@@ -69,14 +72,18 @@ def upload(app: AppTest, *files: tuple[str, bytes]) -> AppTest:
 
 
 def texts(app: AppTest) -> str:
-    """Everything written on the page, to search for words that must (not) appear."""
+    """Everything written on the page as a reader sees it, to search for words that must (not) appear."""
     parts = [
         e.value
         for kind in ("title", "header", "subheader", "markdown", "caption", "warning", "info", "error", "metric")
         for e in app.get(kind)
     ]
     parts += [table.value.to_string() for table in app.table]
-    return "\n".join(str(part) for part in parts)
+    return shown_text("\n".join(str(part) for part in parts))
+
+
+def headers(app: AppTest) -> list[str]:
+    return [shown_text(header.value) for header in app.main.header]
 
 
 def model_columns(app: AppTest) -> dict[str, str]:
@@ -97,9 +104,7 @@ def test_start_page_shows_the_disclaimer_and_a_multi_file_uploader(app):
     assert not app.exception
     assert any("not a medical device" in warning.value for warning in app.warning)
     assert not app.main.markdown, "stray text on the start page (Streamlit magic prints bare module-level literals)"
-    uploader = app.file_uploader[0]
-    assert uploader.accept_multiple_files
-    assert {".png", ".jpg", ".dcm", ".tiff"} <= set(uploader.allowed_type)
+    assert app.file_uploader[0].accept_multiple_files
     assert [slider.label for slider in app.sidebar.slider] == ["Heatmap opacity"]
 
 
@@ -110,13 +115,13 @@ def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_on
 
     assert not app.exception
     assert len(app.error) == 1
-    assert "broken.png" in app.error[0].value
+    assert "broken.png" in shown_text(app.error[0].value)
     cards = discover(weights_root)
     columns = model_columns(app)
     # Both good files render all their task's models; both tasks use the same model names here.
     assert sorted(model_runs) == sorted([c.name for c in cards["xray-pneumonia"]] + [c.name for c in cards["ct-covid"]])
     assert set(columns) == {c.name for c in cards["xray-pneumonia"]}
-    assert [header.value for header in app.main.header] == ["chest.png", "broken.png", "slice.dcm", "Downloads"]
+    assert headers(app) == ["chest.png", "broken.png", "slice.dcm", "Downloads"]
     labels = [metric.value for metric in app.metric]
     assert len(labels) == 4
     assert set(labels[:2]) <= {"NORMAL", "PNEUMONIA"}
@@ -149,10 +154,10 @@ def test_an_unexpected_failure_names_its_file_and_the_next_file_still_renders(ap
     upload(app, ("odd.png", odd), ("chest.png", chest_png()))
 
     assert not app.exception
-    assert [error.value for error in app.error] == [
+    assert [shown_text(error.value) for error in app.error] == [
         "odd.png: could not be analysed: RuntimeError: graph execution went wrong"
     ]
-    assert [header.value for header in app.main.header] == ["odd.png", "chest.png", "Downloads"]
+    assert headers(app) == ["odd.png", "chest.png", "Downloads"]
     assert model_columns(app).keys() == {"flat-softmax", "nested-sigmoid"}
     assert [status.state for status in app.status] == ["error", "complete"]
 
@@ -235,7 +240,7 @@ def test_an_image_the_gate_calls_other_is_not_classified_until_a_task_is_chosen(
     upload(app, ("knee.dcm", knee))
     assert not app.exception
     assert model_runs == []
-    assert any("does not look like a chest X-ray or chest CT" in warning.value for warning in app.warning)
+    assert any("does not look like a chest X-ray or chest CT" in shown_text(warning.value) for warning in app.warning)
     assert any("Pick a task" in info.value for info in app.info)
     _sidebar_select(app, "Task").select("ct-covid").run()
     assert not app.exception
@@ -250,11 +255,70 @@ def test_downloads_hold_every_file_including_rejected_ones(app):
     assert {"Results (CSV)", "Results (JSON Lines)", "All overlays (ZIP)"} <= set(labels)
 
 
+def markdown_sources(app: AppTest) -> list[str]:
+    """Every text on the page that Streamlit renders as Markdown, as the script wrote it."""
+    kinds = ("title", "header", "subheader", "markdown", "caption", "warning", "info", "error")
+    sources = [str(element.value) for kind in kinds for element in app.get(kind)]
+    sources += [status.label for status in app.status] + [bar.text for bar in app.get("progress")]
+    return sources + [str(cell) for table in app.table for cell in table.value.to_numpy().ravel()]
+
+
+def test_file_names_and_header_values_are_shown_as_text_never_as_markdown(app):
+    """A name that is Markdown for an image makes every viewer's browser fetch its URL; a link name is clickable."""
+    beacon = "![beacon](http://127.0.0.1:8600/beacon.png).png"
+    link = "[click](javascript:alert(1)).png"
+    manufacturer = "![m](http://127.0.0.1:8600/m.png) :material_home: www.x.org"
+    upload(app, (beacon, chest_png()), (link, b"not an image"), ("slice.dcm", ct_slice_made_by(manufacturer)))
+
+    assert not app.exception
+    sources = markdown_sources(app)
+    for raw in (beacon, link, "![m](http", ":material_home:", "www.x"):
+        assert not [source for source in sources if raw in source], f"{raw!r} reached the page as Markdown"
+    assert headers(app) == [beacon, link, "slice.dcm", "Downloads"]
+    assert shown_text(app.error[0].value).startswith(f"{link}: not an image LungViz can read")
+    rows = [shown_text(" ".join(row)) for table in app.table for row in table.value.to_numpy()]
+    assert f"Manufacturer {manufacturer}" in rows
+
+
+def ct_slice_made_by(manufacturer: str) -> bytes:
+    return ct_dicom(chest_hounsfield(), slope=2.0, intercept=-2048.0, Manufacturer=manufacturer)
+
+
+def test_files_without_an_extension_are_read_by_content_and_other_formats_say_what_they_are(app, model_runs):
+    """A PACS export names DICOM files IM0001; the uploader takes any name and the reader decides."""
+    gif = encode(Image.fromarray(to_8bit(chest_radiograph())), "GIF")
+    upload(
+        app, ("IM0001", ct_slice()), ("scan", chest_png()), ("chest.gif", gif), ("notes.txt", b"Impression: normal.")
+    )
+
+    assert not app.exception
+    assert headers(app) == ["IM0001", "scan", "chest.gif", "notes.txt", "Downloads"]
+    assert len(model_runs) == 4  # both models on the DICOM and on the PNG
+    assert [shown_text(error.value) for error in app.error] == [
+        "chest.gif: not an image LungViz can read (this is a GIF image): supported are PNG, JPEG, TIFF, BMP and DICOM",
+        "notes.txt: not an image LungViz can read (this is a text file): supported are PNG, JPEG, TIFF, BMP and DICOM",
+    ]
+
+
+def test_a_file_taken_out_of_the_uploader_leaves_nothing_holding_its_bytes(app):
+    """Streamlit keeps the uploader's previous value until the next run (a closed tab's session for minutes);
+    an UploadedFile left open there kept the removed file's bytes, up to the upload limit, in memory."""
+    upload(app, ("junk.dcm", b"JUNK" * 100_000), ("chest.png", chest_png()))
+    upload(app, ("chest.png", chest_png()))
+
+    assert not app.exception
+    assert headers(app) == ["chest.png", "Downloads"]
+    gc.collect()
+    still_open = [obj.name for obj in gc.get_objects() if isinstance(obj, UploadedFile) and not obj.closed]
+    assert "junk.dcm" not in still_open
+    assert "chest.png" in still_open
+
+
 def test_the_same_file_dropped_twice_shows_once_and_a_renamed_copy_separately(app):
     png = chest_png()
     upload(app, ("chest.png", png), ("chest.png", png), ("copy.png", png))
     assert not app.exception
-    assert [header.value for header in app.main.header] == ["chest.png", "copy.png", "Downloads"]
+    assert headers(app) == ["chest.png", "copy.png", "Downloads"]
 
 
 def test_missing_models_give_instructions_not_a_crash(tmp_path, monkeypatch):

@@ -1,8 +1,11 @@
 """End to end: the dashboard served by `streamlit run`, used from a real headless Chromium.
 
 A user drops a PNG radiograph and a CT DICOM slice onto the uploader and waits
-for every model's answer. Debian's Chromium (/usr/bin/chromium) is driven by
-Playwright; the test skips when that browser is absent. The server runs with
+for every model's answer, and nothing is fetched from any host but the app's
+own. Another drops files with hostile or awkward names and checks what the page
+shows and what the downloads hold; a third checks the server is not reachable
+from the network. Debian's Chromium (/usr/bin/chromium) is driven by
+Playwright; the tests skip when that browser is absent. The server runs with
 `client.showErrorDetails=full` so that a bug could not hide behind the
 user-facing "none" of .streamlit/config.toml.
 
@@ -14,13 +17,16 @@ separated) to show real models on real images instead of the test fixtures.
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +34,7 @@ import pytest
 from PIL import Image
 
 from lungviz.models.registry import WEIGHTS_ENV
+from lungviz.reporting.markdown import WORD_JOINER
 from tests.images_factory import (
     chest_hounsfield,
     chest_radiograph,
@@ -85,10 +92,10 @@ def weights(request) -> Path:
     return Path(chosen) if chosen else request.getfixturevalue("weights_root")
 
 
-@pytest.fixture
-def dashboard_url(weights, tmp_path) -> Iterator[str]:
+@contextmanager
+def _served(weights: Path, log: Path) -> Iterator[str]:
+    """`streamlit run dashboard.py` on a free port with these weights, stopped on exit (the address is config's)."""
     port = _free_port()
-    log = tmp_path / "streamlit.log"
     command = [
         sys.executable,
         "-m",
@@ -97,8 +104,6 @@ def dashboard_url(weights, tmp_path) -> Iterator[str]:
         str(DASHBOARD),
         "--server.headless",
         "true",
-        "--server.address",
-        "127.0.0.1",
         "--server.port",
         str(port),
         "--server.fileWatcherType",
@@ -124,6 +129,19 @@ def dashboard_url(weights, tmp_path) -> Iterator[str]:
 
 
 @pytest.fixture
+def dashboard_url(weights, tmp_path) -> Iterator[str]:
+    with _served(weights, tmp_path / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture
+def test_models_url(weights_root, tmp_path) -> Iterator[str]:
+    """The dashboard on the small test models whatever LUNGVIZ_E2E_WEIGHTS says (their outputs are counted)."""
+    with _served(weights_root, tmp_path / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture
 def upload_paths(tmp_path) -> list[Path]:
     """Files to drop on the uploader: a PNG radiograph and a CT slice with rescale slope and intercept."""
     chosen = os.environ.get("LUNGVIZ_E2E_FILES")
@@ -135,6 +153,11 @@ def upload_paths(tmp_path) -> list[Path]:
         ct_dicom(chest_hounsfield().astype(np.float64), slope=2.0, intercept=-2048.0, PixelSpacing=[0.7, 0.7])
     )
     return [png, dicom]
+
+
+def elsewhere(app_url: str, urls: list[str]) -> list[str]:
+    """The URLs that go to any host but the app's own server (inline data: URLs go nowhere)."""
+    return [url for url in urls if not url.startswith((f"{app_url}/", "data:", f"blob:{app_url}/"))]
 
 
 def _first_file_area(page, upload_paths: list[Path]) -> dict[str, float]:
@@ -158,6 +181,8 @@ def test_uploaded_png_and_dicom_get_every_models_answer_in_a_real_browser(
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
             page.goto(dashboard_url)
             expect(page.get_by_text("Research tool, not a medical device")).to_be_visible(timeout=60_000)
 
@@ -176,9 +201,15 @@ def test_uploaded_png_and_dicom_get_every_models_answer_in_a_real_browser(
                 page.screenshot(path=readme_screenshot, clip=_first_file_area(page, upload_paths))
             text = page.inner_text("body")
             alerts = page.locator(ERROR_ELEMENTS).all_inner_texts()
+            icons = page.locator("link[rel~=icon]").evaluate_all("links => links.map(link => link.href)")
+            page.get_by_role("link", name="Model cards").click()
+            expect(page.get_by_role("heading", name="Model cards")).to_be_visible(timeout=60_000)
+            icons += page.locator("link[rel~=icon]").evaluate_all("links => links.map(link => link.href)")
         finally:
             browser.close()
 
+    assert not elsewhere(dashboard_url, requested), "the page must not call out (README: no network at run time)"
+    assert not elsewhere(dashboard_url, icons), "the page icon must not come from another host"
     assert not alerts
     assert "Traceback" not in text
     headings = [line.strip() for line in text.splitlines()]
@@ -186,3 +217,84 @@ def test_uploaded_png_and_dicom_get_every_models_answer_in_a_real_browser(
         assert headings.count(name) >= 1, f"no column for model {name}"
     assert {"NORMAL", "PNEUMONIA"} & set(headings)
     assert {"non-COVID", "COVID"} & set(headings)
+
+
+def test_odd_file_names_stay_text_and_every_overlay_and_row_reaches_the_downloads(
+    test_models_url, weights_root, tmp_path
+):
+    """Names that are Markdown, that share a stem, that are 250 characters long, have no extension or look like a
+    formula, dropped together."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from lungviz.models.registry import discover
+
+    beacon = f"http://127.0.0.1:{_free_port()}/beacon.png"  # nothing listens there, but a request would be seen
+    analysed = {
+        f"![beacon]({beacon}).png": encode(Image.fromarray(to_8bit(chest_radiograph())), "PNG"),
+        "same.png": encode(Image.fromarray(to_8bit(chest_radiograph(seed=1))), "PNG"),
+        "same.jpg": encode(Image.fromarray(to_8bit(chest_radiograph(seed=2))), "JPEG"),
+        "x" * 246 + ".png": encode(Image.fromarray(to_8bit(chest_radiograph(seed=3))), "PNG"),
+        "IM0001": ct_dicom(chest_hounsfield(), slope=2.0, intercept=-2048.0),  # DICOM as a PACS exports it
+    }
+    rejected = {"[click](javascript:alert(document.domain)).png": b"not an image", "=SUM(1,2).png": b"nor this"}
+    files = {**analysed, **rejected}
+    cards = discover(weights_root)  # no gate in the fixture: pictures go to the X-ray models, the CT DICOM to CT
+    overlay_count = (len(analysed) - 1) * len(cards["xray-pneumonia"]) + len(cards["ct-covid"])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(test_models_url)
+            expect(page.get_by_text("Research tool, not a medical device")).to_be_visible(timeout=60_000)
+            page.locator("input[type=file]").set_input_files(
+                [{"name": name, "mimeType": "application/octet-stream", "buffer": data} for name, data in files.items()]
+            )
+            expect(page.get_by_text("All models on")).to_have_count(len(analysed), timeout=RESULTS_SECONDS * 1000)
+            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=60_000)
+            headings = page.get_by_test_id("stMain").locator("h2").all_inner_texts()
+            active = page.locator(f"a[href^='javascript'], img[src='{beacon}']").count()
+            zipped = _download(page, "All overlays (ZIP)", tmp_path)
+            table = _download(page, "Results (CSV)", tmp_path)
+        finally:
+            browser.close()
+
+    assert sorted(text.replace(WORD_JOINER, "").strip() for text in headings) == sorted([*files, "Downloads"])
+    assert active == 0
+    assert not elsewhere(test_models_url, requested)
+    with zipfile.ZipFile(zipped) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path / "overlays")  # on a real file system: a name too long or unsafe fails here
+    assert len({name.casefold() for name in names}) == overlay_count
+    assert sorted(path.name for path in (tmp_path / "overlays").iterdir()) == sorted(names)
+    assert sum("same__" in name for name in names) == 2 * len(cards["xray-pneumonia"])  # same.png and same.jpg
+    assert sum(name.startswith("x" * 60) for name in names) == len(cards["xray-pneumonia"])
+    assert sum(name.startswith("IM0001__") for name in names) == len(cards["ct-covid"])
+    with table.open(newline="") as rows:
+        cells = [row["file"] for row in csv.DictReader(rows)]
+    assert sorted(set(cells)) == sorted([*analysed, "[click](javascript:alert(document.domain)).png", "'=SUM(1,2).png"])
+
+
+def _download(page, label: str, folder: Path) -> Path:
+    """Click a download button and keep what it gives."""
+    with page.expect_download() as download:
+        page.get_by_test_id("stDownloadButton").filter(has_text=label).get_by_role("button").click()
+    path = folder / download.value.suggested_filename
+    download.value.save_as(path)
+    return path
+
+
+def test_the_server_listens_on_loopback_only_unless_told_otherwise(test_models_url):
+    """.streamlit/config.toml sets server.address: from another machine the port is closed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a UDP "connection" sends nothing; it picks the outward interface
+        except OSError:
+            pytest.skip("this machine has no network interface besides loopback")
+        outward = probe.getsockname()[0]
+    port = int(test_models_url.rsplit(":", 1)[1])
+    with urllib.request.urlopen(f"{test_models_url}/_stcore/health", timeout=5) as response:
+        assert response.status == 200
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((outward, port), timeout=5).close()
