@@ -1,9 +1,10 @@
-"""The dashboard served by `streamlit run` on a loopback port, and a headless Chromium to use it.
+"""The dashboard served by `streamlit run` on a free port, and the headless Chromium that uses it.
 
-Shared by the benchmarks that measure what a browser user waits for. The
-server listens on 127.0.0.1 only and is stopped when the block ends; Chromium
-is Debian's (/usr/bin/chromium), driven by Playwright, with the background
-networking that this machine's closed network would refuse switched off.
+Shared by the browser test and the benchmarks that measure what a browser user
+waits for. The server listens where .streamlit/config.toml says (loopback) and
+is stopped when the block ends; Chromium is Debian's (/usr/bin/chromium),
+driven by Playwright, with the background networking that this machine's
+closed network would refuse switched off.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +35,10 @@ CHROMIUM_ARGS = [
 START_SECONDS = 90
 
 
+class ServerError(RuntimeError):
+    """The dashboard server exited or never answered; the message ends with its log."""
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -41,36 +46,45 @@ def free_port() -> int:
 
 
 @contextmanager
-def served_dashboard(env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """(url, server process) of a fresh dashboard server; the server is stopped on exit."""
+def served_dashboard(
+    weights: Path | None = None, *, log: Path | None = None, options: Sequence[str] = ()
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """(url, server process) of a fresh dashboard server on `weights` (default: the shipped models).
+
+    `options` are more `streamlit run` flags (e.g. "--client.showErrorDetails", "full"); the server's
+    output goes to `log` (a temporary file by default) and is quoted when the server fails.
+    """
     port = free_port()
     command = [sys.executable, "-m", "streamlit", "run", str(REPOSITORY / "dashboard.py"),
-               "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
-               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]  # fmt: skip
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(command, cwd=REPOSITORY, env=environment, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+               "--server.headless", "true", "--server.port", str(port), "--server.fileWatcherType", "none",
+               "--browser.gatherUsageStats", "false", *options]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if weights is not None:
+        env["LUNGVIZ_WEIGHTS"] = str(weights)
+    log = log or Path(tempfile.mkstemp(suffix=".log")[1])
+    with log.open("wb") as output:
+        server = subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_healthy(url, server, log)
+        yield url, server
+    finally:
+        server.terminate()
         try:
-            _wait_until_healthy(url, server, log)
-            yield url, server
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
-def _wait_until_healthy(url: str, server: subprocess.Popen[bytes], log: object) -> None:
+def _wait_until_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with status {server.returncode}")
+            raise ServerError(f"streamlit exited with status {server.returncode}:\n{log.read_text()}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.25)
-    raise RuntimeError(f"streamlit did not answer within {START_SECONDS} s")
+    raise ServerError(f"streamlit did not answer within {START_SECONDS} s:\n{log.read_text()}")

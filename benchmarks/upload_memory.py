@@ -18,26 +18,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
+from benchmarks.dashboard_server import CHROMIUM, CHROMIUM_ARGS, REPOSITORY, served_dashboard
+
 MAX_COUNT = 10
-START_SECONDS = 120
 REJECT_SECONDS = 300  # a file near the limit takes a while to travel and be read on a busy 2-core machine
 REMOVE_SECONDS = 60
 
 
 def upload_limit_mb() -> int:
     """`server.maxUploadSize` as .streamlit/config.toml sets it (Streamlit's default, 200, otherwise)."""
-    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    config = tomllib.loads((REPOSITORY / ".streamlit" / "config.toml").read_text())
     return int(config.get("server", {}).get("maxUploadSize", 200))
 
 
@@ -47,25 +42,6 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field} for process {pid}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"streamlit exited with status {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"streamlit did not answer within {START_SECONDS} s")
 
 
 def junk_file(folder: Path, index: int, size_mb: float) -> Path:
@@ -91,50 +67,33 @@ def finished(page) -> None:
 def measure(count: int, size_mb: float, settle_seconds: float) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        *(sys.executable, "-m", "streamlit", "run", "dashboard.py"),
-        *("--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port)),
-        *("--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"),
-    ]
-    env = {**os.environ, "LUNGVIZ_WEIGHTS": str(REPO / "weights"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with tempfile.TemporaryDirectory() as folder:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_until_healthy(url, server)
-            print(f"server started: {rss_mib(server.pid):7.0f} MiB RSS")
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
-                page = browser.new_page()
-                page.goto(url)
-                expect(page.get_by_text("Research tool, not a medical device")).to_be_visible(timeout=60_000)
-                print(f"page loaded:    {rss_mib(server.pid):7.0f} MiB RSS  (before)")
-                for index in range(count):
-                    path = junk_file(Path(folder), index, size_mb)
-                    page.locator("input[type=file]").set_input_files(path)
-                    rejected = page.get_by_text(f"{path.name}: not an image LungViz can read")
-                    too_large = page.get_by_text("File must be")
-                    expect(rejected.or_(too_large)).to_be_visible(timeout=REJECT_SECONDS * 1000)
-                    if too_large.count():
-                        raise SystemExit(f"the uploader refused {size_mb:g} MB: {too_large.inner_text()}")
-                    finished(page)
-                    print(f"{path.name} ({size_mb:g} MB) rejected: {rss_mib(server.pid):7.0f} MiB RSS")
-                    path.unlink()
-                    page.get_by_test_id("stFileChipDeleteBtn").first.click()
-                    expect(rejected).to_have_count(0, timeout=REMOVE_SECONDS * 1000)
-                    finished(page)
-                    print(f"{path.name} removed:  {rss_mib(server.pid):7.0f} MiB RSS")
-                browser.close()
-            time.sleep(settle_seconds)
-            print(f"browser closed: {rss_mib(server.pid):7.0f} MiB RSS  (after, {settle_seconds:g} s later)")
-            print(f"peak:           {rss_mib(server.pid, 'VmHWM'):7.0f} MiB RSS")
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with tempfile.TemporaryDirectory() as folder, served_dashboard() as (url, server):
+        print(f"server started: {rss_mib(server.pid):7.0f} MiB RSS")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url)
+            expect(page.get_by_text("Research tool, not a medical device")).to_be_visible(timeout=60_000)
+            print(f"page loaded:    {rss_mib(server.pid):7.0f} MiB RSS  (before)")
+            for index in range(count):
+                path = junk_file(Path(folder), index, size_mb)
+                page.locator("input[type=file]").set_input_files(path)
+                rejected = page.get_by_text(f"{path.name}: not an image LungViz can read")
+                too_large = page.get_by_text("File must be")
+                expect(rejected.or_(too_large)).to_be_visible(timeout=REJECT_SECONDS * 1000)
+                if too_large.count():
+                    raise SystemExit(f"the uploader refused {size_mb:g} MB: {too_large.inner_text()}")
+                finished(page)
+                print(f"{path.name} ({size_mb:g} MB) rejected: {rss_mib(server.pid):7.0f} MiB RSS")
+                path.unlink()
+                page.get_by_test_id("stFileChipDeleteBtn").first.click()
+                expect(rejected).to_have_count(0, timeout=REMOVE_SECONDS * 1000)
+                finished(page)
+                print(f"{path.name} removed:  {rss_mib(server.pid):7.0f} MiB RSS")
+            browser.close()
+        time.sleep(settle_seconds)
+        print(f"browser closed: {rss_mib(server.pid):7.0f} MiB RSS  (after, {settle_seconds:g} s later)")
+        print(f"peak:           {rss_mib(server.pid, 'VmHWM'):7.0f} MiB RSS")
 
 
 def main() -> None:

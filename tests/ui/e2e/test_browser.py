@@ -20,20 +20,16 @@ from __future__ import annotations
 import csv
 import os
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lungviz.models.registry import WEIGHTS_ENV
+from benchmarks.dashboard_server import CHROMIUM, CHROMIUM_ARGS, free_port, served_dashboard
 from lungviz.reporting.markdown import WORD_JOINER
 from tests.images_factory import (
     chest_hounsfield,
@@ -43,19 +39,6 @@ from tests.images_factory import (
     to_8bit,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-DASHBOARD = Path(__file__).resolve().parents[3] / "dashboard.py"
-SERVER_START_SECONDS = 90
 RESULTS_SECONDS = 180  # models load on the first upload
 ERROR_ELEMENTS = "[data-testid=stException], [data-testid=stAlertContentError]"
 """Streamlit's exception box and st.error, by their test ids."""
@@ -66,78 +49,27 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"streamlit exited with status {server.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer within {SERVER_START_SECONDS} s:\n{log.read_text()}")
-
-
 @pytest.fixture
 def weights(request) -> Path:
     chosen = os.environ.get("LUNGVIZ_E2E_WEIGHTS")
     return Path(chosen) if chosen else request.getfixturevalue("weights_root")
 
 
-@contextmanager
-def _served(weights: Path, log: Path) -> Iterator[str]:
-    """`streamlit run dashboard.py` on a free port with these weights, stopped on exit (the address is config's)."""
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(DASHBOARD),
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--server.fileWatcherType",
-        "none",
-        "--browser.gatherUsageStats",
-        "false",
-        "--client.showErrorDetails",
-        "full",
-    ]
-    env = {**os.environ, WEIGHTS_ENV: str(weights), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with log.open("w") as output:
-        server = subprocess.Popen(command, cwd=DASHBOARD.parent, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_healthy(url, server, log)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+def _served(weights: Path, log: Path):
+    """The dashboard on these weights, with error details on so that a bug cannot hide (the address is config's)."""
+    return served_dashboard(weights, log=log, options=["--client.showErrorDetails", "full"])
 
 
 @pytest.fixture
 def dashboard_url(weights, tmp_path) -> Iterator[str]:
-    with _served(weights, tmp_path / "streamlit.log") as url:
+    with _served(weights, tmp_path / "streamlit.log") as (url, _):
         yield url
 
 
 @pytest.fixture
 def test_models_url(weights_root, tmp_path) -> Iterator[str]:
     """The dashboard on the small test models whatever LUNGVIZ_E2E_WEIGHTS says (their outputs are counted)."""
-    with _served(weights_root, tmp_path / "streamlit.log") as url:
+    with _served(weights_root, tmp_path / "streamlit.log") as (url, _):
         yield url
 
 
@@ -228,7 +160,7 @@ def test_odd_file_names_stay_text_and_every_overlay_and_row_reaches_the_download
 
     from lungviz.models.registry import discover
 
-    beacon = f"http://127.0.0.1:{_free_port()}/beacon.png"  # nothing listens there, but a request would be seen
+    beacon = f"http://127.0.0.1:{free_port()}/beacon.png"  # nothing listens there, but a request would be seen
     analysed = {
         f"![beacon]({beacon}).png": encode(Image.fromarray(to_8bit(chest_radiograph())), "PNG"),
         "same.png": encode(Image.fromarray(to_8bit(chest_radiograph(seed=1))), "PNG"),
