@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import zipfile
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.typing import UploadedFile
 
 from lungviz.errors import (
@@ -40,7 +42,7 @@ from lungviz.inference.images import (
     load_image,
 )
 from lungviz.inference.prediction import PREDICTED, ModelResult
-from lungviz.inference.session import AUTO, Analysis, AnalysisSession
+from lungviz.inference.session import AUTO, Analysis, AnalysisSession, shared_session
 from lungviz.models.registry import weights_dir
 from lungviz.reporting.export import OverlayNames, overlay_filename, png_bytes, to_csv, to_json_lines
 from lungviz.reporting.figures import comparison_chart, probability_chart
@@ -65,11 +67,9 @@ DISCLAIMER = (
     "not where disease is."
 )
 
+
 # An emoji page icon becomes an inline SVG; a ":material/...:" one is fetched from fonts.gstatic.com (README promises
 # no network). The ":material/...:" icons inside the page are fine: Streamlit ships that font and serves it itself.
-st.set_page_config(page_title="LungViz", page_icon="🫁", layout="wide")
-
-
 @dataclass(frozen=True)
 class Upload:
     """An uploaded file; `key` (from its name and content) names its widgets and cache entries."""
@@ -98,10 +98,9 @@ class Controls:
     outline: str | None
 
 
-@st.cache_resource(show_spinner="Reading the model cards...")
-def analysis_session(weights: str) -> AnalysisSession:
-    """One session per weights folder and process; its models load in the background while the user picks a file."""
-    session = AnalysisSession(Path(weights))
+def analysis_session() -> AnalysisSession:
+    """The server's one session; its models load in the background (from server start with `python dashboard.py`)."""
+    session = shared_session(weights_dir())
     session.start_warm_up()
     return session
 
@@ -406,11 +405,12 @@ def no_models_message(root: Path) -> str:
 
 
 def main() -> None:
+    st.set_page_config(page_title="LungViz", page_icon="🫁", layout="wide")
     st.title("LungViz")
     st.caption("Explainable chest X-ray and CT classification: several models side by side, with their heatmaps.")
     st.warning(DISCLAIMER, icon=":material/info:")
     try:
-        session = analysis_session(str(weights_dir()))
+        session = analysis_session()
     except ModelCardError as error:
         st.error(f"A model card is broken, so the models cannot be listed: {literal(str(error))}")
         return
@@ -431,4 +431,20 @@ def main() -> None:
     show_downloads(analyses, overlays)
 
 
-main()
+def serve() -> None:
+    """`python dashboard.py [streamlit options]`: the models load while the server starts, then this page is served.
+
+    `streamlit run dashboard.py` serves the same page, but loads the models
+    only when the first viewer opens it.
+    """
+    from streamlit.web import cli as streamlit_cli
+
+    shared_session(weights_dir()).start_warm_up()
+    sys.argv = ["streamlit", "run", __file__, *sys.argv[1:]]
+    sys.exit(streamlit_cli.main())
+
+
+if get_script_run_ctx() is not None:  # a page run, by `streamlit run` or the server `serve` started
+    main()
+elif __name__ == "__main__":
+    serve()

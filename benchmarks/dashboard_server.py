@@ -47,17 +47,20 @@ def free_port() -> int:
 
 @contextmanager
 def served_dashboard(
-    weights: Path | None = None, *, log: Path | None = None, options: Sequence[str] = ()
+    weights: Path | None = None, *, log: Path | None = None, options: Sequence[str] = (), prewarm: bool = False
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """(url, server process) of a fresh dashboard server on `weights` (default: the shipped models).
 
-    `options` are more `streamlit run` flags (e.g. "--client.showErrorDetails", "full"); the server's
-    output goes to `log` (a temporary file by default) and is quoted when the server fails.
+    `prewarm` starts it as `python dashboard.py` (models load while the server starts) instead of
+    `streamlit run dashboard.py`. `options` are more `streamlit run` flags (e.g.
+    "--client.showErrorDetails", "full"); the server's output goes to `log` (a temporary file by
+    default) and is quoted when the server fails.
     """
     port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", str(REPOSITORY / "dashboard.py"),
-               "--server.headless", "true", "--server.port", str(port), "--server.fileWatcherType", "none",
-               "--browser.gatherUsageStats", "false", *options]  # fmt: skip
+    launcher = [] if prewarm else ["-m", "streamlit", "run"]
+    command = [sys.executable, *launcher, str(REPOSITORY / "dashboard.py"), "--server.headless", "true",
+               "--server.port", str(port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+               *options]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if weights is not None:
         env["LUNGVIZ_WEIGHTS"] = str(weights)

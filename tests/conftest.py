@@ -22,3 +22,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data sets not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Let background work that runs TensorFlow (model warm-ups, loaders) finish before the interpreter does.
+
+    A thread still inside TensorFlow when Python finalises aborts the whole process, exit status and all.
+    """
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and thread.name.startswith("lungviz"):
+            thread.join(timeout=120)

@@ -71,6 +71,8 @@ class AnalysisSession:
         self._locks_lock = threading.Lock()
         # Loads the next models of an analysis while the current one runs (one worker: in order).
         self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lungviz-prepare")
+        self._warm_up_lock = threading.Lock()
+        self._warm_up_thread: threading.Thread | None = None
 
     @property
     def tasks(self) -> list[str]:
@@ -130,14 +132,16 @@ class AnalysisSession:
         return failures
 
     def start_warm_up(self, method: str | None = DEFAULT_METHOD) -> threading.Thread:
-        """`warm_up` in a background thread; analyses started meanwhile wait only for the models they need.
+        """`warm_up` in a background thread, once per session; analyses meanwhile wait only for the models they need.
 
         Not a daemon: the interpreter waits for it at exit (seconds) instead of
         killing it inside TensorFlow, which aborts the process.
         """
-        thread = threading.Thread(target=self.warm_up, args=(method,), name="lungviz-warm-up")
-        thread.start()
-        return thread
+        with self._warm_up_lock:
+            if self._warm_up_thread is None:
+                self._warm_up_thread = threading.Thread(target=self.warm_up, args=(method,), name="lungviz-warm-up")
+                self._warm_up_thread.start()
+            return self._warm_up_thread
 
     def choose_task(self, assessment: ModalityAssessment, requested: str = AUTO) -> tuple[str | None, str | None]:
         """The task to run and a warning for the user, if any.
@@ -221,3 +225,20 @@ class AnalysisSession:
                 if result.heatmap is not None:
                     overlays[result.name] = png_bytes(render_overlay(analysis.image.pixels, result.heatmap))
         return analysis.record(), overlays
+
+
+_SHARED: dict[Path, AnalysisSession] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_session(weights: Path | None = None) -> AnalysisSession:
+    """The process's one session for a weights folder, shared by everything that serves users from it.
+
+    A dashboard server pre-warms it before the first page opens, and every
+    page of every viewer then uses the same loaded models.
+    """
+    root = (Path(weights) if weights is not None else weights_dir()).resolve()
+    with _SHARED_LOCK:
+        if root not in _SHARED:
+            _SHARED[root] = AnalysisSession(root)
+        return _SHARED[root]

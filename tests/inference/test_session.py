@@ -1,4 +1,5 @@
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -85,8 +86,10 @@ def test_warm_up_loads_every_model_and_its_explainer_once(weights_root, monkeypa
 
     monkeypatch.setattr(session_module, "load_model", counting_load)
     fresh = AnalysisSession(weights_root)
-    threads = [fresh.start_warm_up() for _ in range(2)]  # two warm-ups racing: still one load per model
-    for thread in threads:
+    assert fresh.start_warm_up() is fresh.start_warm_up()  # one background warm-up per session
+    racing = threading.Thread(target=fresh.warm_up)  # and another thread warming up at the same time
+    racing.start()
+    for thread in (fresh.start_warm_up(), racing):
         thread.join(timeout=120)
     expected = sorted((card.task, card.name) for cards in fresh.cards.values() for card in cards)
     assert sorted(loads) == expected
@@ -106,3 +109,10 @@ def test_warm_up_reports_a_broken_model_and_warms_the_rest(weights_root, tmp_pat
     assert len(failures) == 1
     assert failures[0].startswith("ct-covid/flat-softmax: cannot load model")
     assert len(fresh._classifiers) == 3
+
+
+def test_a_process_shares_one_session_per_weights_folder(weights_root, tmp_path):
+    from lungviz.inference.session import shared_session
+
+    assert shared_session(weights_root) is shared_session(weights_root / ".")
+    assert shared_session(tmp_path) is not shared_session(weights_root)
