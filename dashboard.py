@@ -52,6 +52,7 @@ from lungviz.reporting.overlay import (
     DEFAULT_COLORMAP,
     DEFAULT_OPACITY,
     OUTLINE_STYLES,
+    outline_region,
     render_overlay,
 )
 
@@ -295,6 +296,8 @@ def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls:
     st.caption(
         f"P({positive}) = {result.positive_probability:.1%}, threshold {result.threshold:.1%}, {result.seconds:.2f} s"
     )
+    if result.lung_attention is not None:
+        st.caption(f"Heat inside the lungs: {result.lung_attention:.0%}")
     st.download_button(
         "Overlay PNG",
         lambda: png_bytes(rgb),
@@ -312,16 +315,17 @@ def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> t
     st.header(literal(upload.name), divider="gray")
     try:
         image_column, facts_column = st.columns([1, 4])
+        picture = image_column.empty()
         routing = facts_column.container()
         with facts_column:
             image = prepared_image(upload)
-        image_column.image(
-            image.pixels,
-            caption=f"As analysed ({image.pixels.shape[1]} x {image.pixels.shape[0]})",
-            width="stretch",
-            clamp=True,
-        )
+        size = f"{image.pixels.shape[1]} x {image.pixels.shape[0]}"
+        picture.image(image.pixels, caption=f"As analysed ({size})", width="stretch", clamp=True)
         analysis = analyse(session, upload, image, controls)
+        if analysis.lungs is not None and analysis.lungs.found:
+            outlined = outline_region(image.pixels, analysis.lungs.mask)
+            lungs = f"lungs outlined, {analysis.lungs.fraction:.0%} of the image"
+            picture.image(outlined, caption=f"As analysed ({size}); {lungs}", width="stretch")
     except ImageInputError as error:
         st.error(literal(str(error)), icon=":material/error:")
         return Analysis(file=upload.name, error=str(error)), {}

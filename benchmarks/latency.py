@@ -4,11 +4,10 @@ Run from the repository root (prints figures, asserts nothing):
 
     .venv/bin/python -m benchmarks.latency [--only warm|cold|browser] [--repeats N]
 
-* warm: one image through the shipped models of each task, against the sum of
-  the same models' compiled forward passes at batch 1 (the floor: a heatmap
-  cannot cost less than the pass that gives the probabilities). "task given"
-  runs the task's models; "auto" also runs the modality gate, whose own
-  compiled forward pass is then added to the floor.
+* warm: one image through the whole pipeline (gate, lungs, the task's shipped
+  models with Grad-CAM) against the sum of the compiled forward passes at batch
+  1 of the networks it runs plus the lung step (the floor: a heatmap cannot
+  cost less than the pass that gives the probabilities).
 * cold: `python -m lungviz predict FILE --json` in a new process, against
   `python -c "import tensorflow"`, the part no LungViz change can remove.
 * browser: a fresh server, started with `streamlit run dashboard.py` (models
@@ -82,29 +81,30 @@ def warm(repeats: int) -> None:
 
     session = AnalysisSession()
     session.warm_up()
-    print("## Warm: one image, batch of one (median of", repeats, "calls)\n")
-    print("| task | image | models' forward passes | task given | ratio | gate forward | auto | ratio |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"## Warm: one image through the whole pipeline, batch of one (median of {repeats} calls)\n")
+    print("| task | image | models' forward passes | gate forward | lung step | pipeline | ratio to the passes |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for task in session.tasks:
-        # The first image the gate routes to the task, so that "auto" runs the same models.
+        # The first image the gate routes to the task, so that the pipeline runs the task's models.
         routed = (load_image(path.read_bytes(), path.name) for path in image_files(task)[:50])
         image = next((i for i in routed if session.analyse_image(i, method=None).task == task), None)
         if image is None:
-            image = load_image(image_files(task)[0].read_bytes(), image_files(task)[0].name)
+            print(f"| {task} | no test image routed to it | | | | | |")
+            continue
         floor = 0.0
         for card in session.cards[task]:
             forward = tf.function(session.classifier(card).model)
             batch = tf.zeros((1, *card.input_size, 3))
             floor += median_seconds(lambda f=forward, b=batch: f(b, training=False).numpy(), repeats)
-        given = median_seconds(lambda i=image, t=task: session.analyse_image(i, task=t), repeats)
-        row = f"| {task} | {image.name} | {floor * 1e3:.1f} ms | {given * 1e3:.1f} ms | {given / floor:.2f}x"
-        if session.gate is None:
-            print(row + " | - | - | - |")
-            continue
-        gate_forward = median_seconds(lambda: session.gate.embedding(tf.zeros((1, 224, 224, 3))), repeats)
-        auto = median_seconds(lambda i=image: session.analyse_image(i), repeats)
-        print(f"{row} | {gate_forward * 1e3:.1f} ms | {auto * 1e3:.1f} ms | {auto / (floor + gate_forward):.2f}x |")
-    print()
+        gate, blank = session.gate, tf.zeros((1, 224, 224, 3))
+        gate_forward = 0.0 if gate is None else median_seconds(lambda g=gate, b=blank: g.embedding(b), repeats)
+        lung_step = median_seconds(lambda i=image, t=task: session.lungs(i, t), repeats)
+        pipeline = median_seconds(lambda i=image: session.analyse_image(i), repeats)
+        passes = floor + gate_forward + lung_step
+        times = " | ".join(f"{seconds * 1e3:.1f} ms" for seconds in (floor, gate_forward, lung_step, pipeline))
+        print(f"| {task} | {image.name} | {times} | {pipeline / passes:.2f}x |")
+    print("\n(The lung step is the X-ray segmenter's pass with its post-processing, or the CT lungs from intensities;")
+    print("the ratio's floor adds it to the compiled passes of the gate and the models.)\n")
 
 
 def _process_seconds(command: list[str]) -> float:

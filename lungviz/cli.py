@@ -15,11 +15,15 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lungviz.errors import LungVizError
 from lungviz.tasks import TASKS
+
+if TYPE_CHECKING:  # the CLI imports TensorFlow only for the commands that need it
+    from lungviz.inference.session import Analysis
 
 USAGE_ERROR = 2
 
@@ -274,23 +278,33 @@ def _run_predict(args: argparse.Namespace) -> int:
         args.save_heatmaps.mkdir(parents=True, exist_ok=True)
     names = OverlayNames()
     for index, file in enumerate(args.files):
-        record, overlays = session.analyse_path(
-            file,
-            task=args.task,
-            models=wanted,
-            method=method,
-            target=args.target,
-            want_overlays=args.save_heatmaps is not None,
-        )
-        for model, png in overlays.items():
-            target = args.save_heatmaps / names.claim(index, Path(file).name, model)
-            try:
-                target.write_bytes(png)
-            except OSError as error:  # a full disk or a refused name: this file's warning, the batch goes on
-                failure = f"overlay {target.name} was not saved ({error.strerror or error})"
-                record["warning"] = "; ".join(filter(None, [record["warning"], failure]))
-        print(_format(record, as_json=args.json), flush=True)
+        analysis = session.analyse_path(file, task=args.task, models=wanted, method=method, target=args.target)
+        if args.save_heatmaps is not None:
+            _save_heatmaps(analysis, args.save_heatmaps, names.claim, index)
+        print(_format(analysis.record(), as_json=args.json), flush=True)
     return 0
+
+
+def _save_heatmaps(analysis: Analysis, folder: Path, claim: Callable[[int, str, str], str], index: int) -> None:
+    """Each model's overlay PNG and raw map (.npy) of one file; a file that cannot be written is its warning."""
+    from lungviz.reporting.export import npy_bytes, png_bytes
+    from lungviz.reporting.overlay import render_overlay
+
+    if analysis.image is None:
+        return
+    for result in analysis.results:
+        if result.heatmap is None:
+            continue
+        overlay = folder / claim(index, Path(analysis.file).name, result.name)
+        outputs = (
+            ("overlay", overlay, png_bytes(render_overlay(analysis.image.pixels, result.heatmap))),
+            ("heatmap", overlay.with_suffix(".npy"), npy_bytes(result.heatmap)),
+        )
+        for what, target, content in outputs:
+            try:
+                target.write_bytes(content)
+            except OSError as error:  # a full disk or a refused name: this file's warning, the batch goes on
+                analysis.warn(f"{what} {target.name} was not saved ({error.strerror or error})")
 
 
 def _format(record: dict, *, as_json: bool) -> str:
@@ -300,16 +314,18 @@ def _format(record: dict, *, as_json: bool) -> str:
         return to_json_lines([record]).rstrip("\n")
     if record["error"]:
         return f"{record['file']}: ERROR {record['error']}"
-    modality = record["modality"] or {}
-    lines = [f"{record['file']}: task {record['task'] or '-'}, modality {modality.get('predicted')}"]
+    modality, lungs = record["modality"] or {}, record.get("lungs")
+    lungs_text = "" if lungs is None else f", lungs {'found' if lungs['found'] else 'not found'}"
+    lines = [f"{record['file']}: task {record['task'] or '-'}, modality {modality.get('predicted')}{lungs_text}"]
     if record.get("warning"):
         lines.append(f"  warning: {record['warning']}")
     for model in record["models"]:
-        positive = model["positive_class"]
+        positive, attention = model["positive_class"], model.get("lung_attention")
         lines.append(
             f"  {model['name']:<24} {model['predicted']:<10} "
             f"P({positive})={model['probabilities'][positive]:.3f} "
             f"threshold={model['threshold']:.3f} {model['seconds']:.2f}s"
+            + ("" if attention is None else f" heat in lungs {attention:.0%}")
         )
     return "\n".join(lines)
 

@@ -32,5 +32,5 @@ def pytest_sessionfinish(session, exitstatus):
     import threading
 
     for thread in threading.enumerate():
-        if thread is not threading.main_thread() and thread.name.startswith("lungviz"):
+        if thread.name == "lungviz-warm-up":  # (idle loader threads wait on a queue, outside TensorFlow)
             thread.join(timeout=120)

@@ -81,6 +81,14 @@ def test_model_selection_and_heatmaps_on_disk(weights_root, inputs, tmp_path, ca
     (png,) = out.glob("*.png")
     assert png.name == "chest__nested-sigmoid.png"
     assert Image.open(png).size == (180, 200)
+    heatmap = np.load(out / "chest__nested-sigmoid.npy", allow_pickle=False)
+    assert heatmap.dtype == np.float32
+    assert heatmap.shape == (200, 180)
+    assert heatmap.min() >= 0
+    assert heatmap.max() <= 1
+    peak = record["models"][0]["heatmap_peak"]
+    if peak is not None:  # an untrained model may see no evidence at all
+        assert heatmap[peak[1], peak[0]] == heatmap.max()
 
 
 @pytest.mark.parametrize(
@@ -183,7 +191,8 @@ def test_a_long_input_name_gets_a_short_distinct_overlay_name_and_the_batch_goes
     assert status == 0
     assert [record["file"] for record in records] == files
     assert all(record["warning"] is None for record in records)
-    written = sorted(path.name for path in out.iterdir())
+    written = sorted(path.name for path in out.glob("*.png"))
+    assert sorted(path.name for path in out.glob("*.npy")) == [name[:-4] + ".npy" for name in written]
     assert len(written) == 3
     assert all(len(name.encode()) <= 120 and name.endswith("__flat-softmax.png") for name in written)
     assert written[2] == "c__flat-softmax.png"

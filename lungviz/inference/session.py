@@ -22,15 +22,19 @@ import numpy as np
 from lungviz.errors import ChoiceError, ExplanationError, ImageInputError, LungVizError, ModelLoadError
 from lungviz.inference.explanations import DEFAULT_METHOD
 from lungviz.inference.images import ChestImage, load_image
+from lungviz.inference.lungs import LUNGS_DIR, Lungs, XrayLungSegmenter, find_lungs, load_segmenter
 from lungviz.inference.modality import GATE_DIR, ModalityAssessment, ModalityGate, assess_modality, load_gate
 from lungviz.inference.prediction import PREDICTED, Classifier, ModelResult
 from lungviz.models.cards import ModelCard
 from lungviz.models.registry import discover, load_model, select_cards, weights_dir
-from lungviz.reporting.export import file_record, png_bytes
-from lungviz.reporting.overlay import render_overlay
+from lungviz.reporting.export import file_record
 from lungviz.tasks import TASKS, get_task
 
 AUTO = "auto"
+NO_LUNGS = (
+    "no lungs were found in this image (another body part, or not a chest image?), so it was not classified; "
+    "choose a task to analyse it anyway"
+)
 ProgressCallback = Callable[[str, int, int], None]
 """Called as (message, step, total_steps) while models load and run."""
 
@@ -45,7 +49,13 @@ class Analysis:
     modality: ModalityAssessment | None = None
     task: str | None = None
     warning: str | None = None
+    lungs: Lungs | None = None
+    """The lungs found for the chosen task (None where nothing looked: no task, or no X-ray segmenter)."""
     results: list[ModelResult] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        """Add a warning for the user, after any already given."""
+        self.warning = f"{self.warning}; {message}" if self.warning else message
 
     def record(self) -> dict[str, Any]:
         return file_record(
@@ -54,6 +64,7 @@ class Analysis:
             task=self.task,
             modality=self.modality.to_dict() if self.modality else None,
             warning=self.warning,
+            lungs=self.lungs.to_dict() if self.lungs else None,
             results=self.results,
         )
 
@@ -112,6 +123,18 @@ class AnalysisSession:
         with self._lock(("", GATE_DIR)):
             return load_gate(self.root)
 
+    @cached_property
+    def segmenter(self) -> XrayLungSegmenter | None:
+        """The chest X-ray lung segmenter, loaded on first use (None where the weights folder has none)."""
+        with self._lock(("", LUNGS_DIR)):
+            return load_segmenter(self.root)
+
+    def lungs(self, image: ChestImage, task: str) -> Lungs | None:
+        """The lungs of an image routed to `task`, found the way that task's modality needs."""
+        modality = get_task(task).modality
+        segmenter = self.segmenter if modality == "xray" else None
+        return find_lungs(image.pixels, modality, hounsfield=image.hounsfield, segmenter=segmenter)
+
     def warm_up(self, method: str | None = DEFAULT_METHOD) -> list[str]:
         """Load the gate and every model with its explainer, and run each once, before any image arrives.
 
@@ -121,8 +144,11 @@ class AnalysisSession:
         `start_warm_up`); a model that fails here is skipped, and the analysis
         that needs it reports the failure. Returns those failures.
         """
+        probe = np.full((256, 256), 0.5, np.float32)
         if self.gate is not None:
-            self.gate.assess(np.full((256, 256), 0.5, np.float32))
+            self.gate.assess(probe)
+        if self.segmenter is not None:
+            self.segmenter.segment(probe)
         failures = []
         for task in self.tasks:
             for card in self.cards[task]:
@@ -187,6 +213,13 @@ class AnalysisSession:
         analysis.task, analysis.warning = self.choose_task(analysis.modality, task)
         if analysis.task is None:
             return analysis
+        analysis.lungs = self.lungs(image, analysis.task)
+        if analysis.lungs is not None and not analysis.lungs.found:
+            if task == AUTO:  # an abdominal slice or a knee film: a confident answer would mislead
+                analysis.task = None
+                analysis.warn(NO_LUNGS)
+                return analysis
+            analysis.warn("no lungs were found in this image; the models saw the whole image as asked")
         cards = [c for c in self.cards[analysis.task] if models is None or c.name in models]
         # The next models load (mostly Python) while model k runs (TensorFlow, which releases the GIL).
         ready = [self._preparer.submit(self._prepared, card, method) for card in cards]
@@ -195,10 +228,9 @@ class AnalysisSession:
                 progress(f"{card.name}: loading and running", step, len(cards))
             wanted = target if target == PREDICTED or target in card.classes else PREDICTED
             try:
-                analysis.results.append(classifier.result().run(image.pixels, method, wanted))
+                analysis.results.append(classifier.result().run(image.pixels, method, wanted, analysis.lungs))
             except (ModelLoadError, ExplanationError) as error:  # a broken model: say so, keep the others
-                failure = f"model {card.name} could not run: {error}"
-                analysis.warning = f"{analysis.warning}; {failure}" if analysis.warning else failure
+                analysis.warn(f"model {card.name} could not run: {error}")
         if progress:
             progress("done", len(cards), len(cards))
         return analysis
@@ -211,21 +243,13 @@ class AnalysisSession:
             return Analysis(file=name, error=str(error))
         return self.analyse_image(image, file=name, **options)
 
-    def analyse_path(
-        self, path: str, *, want_overlays: bool = False, **options: Any
-    ) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """A file on disk to its record and, if wanted, overlay PNGs keyed by model name."""
+    def analyse_path(self, path: str, **options: Any) -> Analysis:
+        """Like `analyse_bytes`, from a file on disk; an unreadable file gives an error record."""
         try:
             data = Path(path).read_bytes()
         except OSError as error:
-            return Analysis(file=path, error=f"{path}: cannot read file ({error.strerror or error})").record(), {}
-        analysis = self.analyse_bytes(data, path, **options)
-        overlays = {}
-        if want_overlays and analysis.image is not None:
-            for result in analysis.results:
-                if result.heatmap is not None:
-                    overlays[result.name] = png_bytes(render_overlay(analysis.image.pixels, result.heatmap))
-        return analysis.record(), overlays
+            return Analysis(file=path, error=f"{path}: cannot read file ({error.strerror or error})")
+        return self.analyse_bytes(data, path, **options)
 
 
 _SHARED: dict[Path, AnalysisSession] = {}

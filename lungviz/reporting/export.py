@@ -29,6 +29,7 @@ CSV_COLUMNS = [
     "task",
     "modality",
     "modality_score",
+    "lungs_found",
     "model",
     "architecture",
     "predicted",
@@ -37,6 +38,7 @@ CSV_COLUMNS = [
     "positive_probability",
     "explained_class",
     "method",
+    "lung_attention",
     "seconds",
 ]
 
@@ -52,6 +54,8 @@ def model_record(result: ModelResult) -> dict[str, Any]:
         "positive_class": result.positive_class,
         "explained_class": result.explained_class,
         "method": result.method,
+        "lung_attention": None if result.lung_attention is None else round(result.lung_attention, 4),
+        "heatmap_peak": None if result.heatmap_peak is None else list(result.heatmap_peak),
         "seconds": round(result.seconds, 4),
     }
 
@@ -63,6 +67,7 @@ def file_record(
     task: str | None = None,
     modality: dict[str, Any] | None = None,
     warning: str | None = None,
+    lungs: dict[str, Any] | None = None,
     results: Sequence[ModelResult] = (),
 ) -> dict[str, Any]:
     """The stable per-file record documented in README (keep keys backwards compatible)."""
@@ -72,6 +77,7 @@ def file_record(
         "task": task,
         "modality": modality,
         "warning": warning,
+        "lungs": lungs,
         "models": [model_record(r) for r in results],
     }
 
@@ -115,6 +121,7 @@ def _csv_rows(records: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             "task": record["task"] or "",
             "modality": modality.get("predicted", ""),
             "modality_score": modality.get("score", ""),
+            "lungs_found": "" if not record.get("lungs") else record["lungs"]["found"],
         }
         if not record["models"]:
             yield base
@@ -130,6 +137,7 @@ def _csv_rows(records: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
                 "positive_probability": model["probabilities"][positive],
                 "explained_class": model["explained_class"] or "",
                 "method": model["method"] or "",
+                "lung_attention": "" if model.get("lung_attention") is None else model["lung_attention"],
                 "seconds": model["seconds"],
             }
 
@@ -188,6 +196,13 @@ class OverlayNames:
         )
         self._taken.add(name.casefold())
         return name
+
+
+def npy_bytes(heatmap: np.ndarray) -> bytes:
+    """A heatmap as a float32 .npy file (the image's height x width, values 0-1), for tools that score it."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(heatmap, np.float32), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

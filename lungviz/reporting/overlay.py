@@ -151,6 +151,20 @@ def draw_outline(
     return out
 
 
+def outline_region(gray: np.ndarray, region: np.ndarray, color: tuple[int, int, int] = (0, 200, 80)) -> np.ndarray:
+    """The grayscale image as RGB uint8 with the outline of `region` (e.g. the lungs) drawn over a dark halo."""
+    image = _unit_map(gray, "image")
+    mask = np.asarray(region, bool)
+    if mask.shape != image.shape:
+        raise ValueError(f"region shape {mask.shape} differs from the image's {image.shape}")
+    rgb = np.repeat(np.round(image * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    thickness = max(1, round(min(image.shape) / 256))
+    cv2.drawContours(rgb, contours, -1, (0, 0, 0), thickness + 2)
+    cv2.drawContours(rgb, contours, -1, color, thickness)
+    return rgb
+
+
 def render_overlay(
     gray: np.ndarray,
     heatmap: np.ndarray,

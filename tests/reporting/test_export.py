@@ -25,7 +25,7 @@ from lungviz.reporting.export import (
 from lungviz.reporting.overlay import overlay_heatmap
 from tests.images_factory import chest_radiograph
 
-RECORD_KEYS = ["file", "error", "task", "modality", "warning", "models"]
+RECORD_KEYS = ["file", "error", "task", "modality", "warning", "lungs", "models"]
 
 
 def pneumonia_result(name: str, architecture: str, p_pneumonia: float, threshold: float) -> ModelResult:
@@ -211,3 +211,16 @@ def test_an_export_never_gives_two_files_the_same_overlay_name():
     assert len({name.casefold() for name in claimed}) == len(sources)
     assert claimed[:4] == ["xray__lite0.png", "001-xray__lite0.png", "same__lite0.png", "003-same__lite0.png"]
     assert all(len(name.encode()) <= MAX_FILENAME_BYTES for name in claimed)
+
+
+def test_lungs_and_lung_attention_reach_the_json_record_and_the_csv():
+    from dataclasses import replace
+
+    looked = replace(pneumonia_result("a", "x", 0.8, 0.5), lung_attention=0.61234, heatmap_peak=(12, 34))
+    unseen = pneumonia_result("b", "y", 0.2, 0.5)
+    lungs = {"found": True, "box": [1, 2, 30, 40], "fraction": 0.25}
+    record = file_record("chest.png", task="xray-pneumonia", lungs=lungs, results=[looked, unseen])
+    assert record["lungs"] == lungs
+    assert [(m["lung_attention"], m["heatmap_peak"]) for m in record["models"]] == [(0.6123, [12, 34]), (None, None)]
+    rows = list(csv.DictReader(io.StringIO(to_csv([record, file_record("bad.png", error="not an image")]))))
+    assert [(row["lungs_found"], row["lung_attention"]) for row in rows] == [("True", "0.6123"), ("True", ""), ("", "")]

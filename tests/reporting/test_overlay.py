@@ -7,6 +7,7 @@ from lungviz.reporting.overlay import (
     colorize,
     draw_outline,
     hot_region,
+    outline_region,
     overlay_heatmap,
 )
 
@@ -127,3 +128,16 @@ def test_outline_contour_follows_the_region():
 def test_invalid_arguments_raise_value_error_with_a_clear_message(call, message):
     with pytest.raises(ValueError, match=message):
         call(_chest(), _heatmap())
+
+
+def test_a_region_outline_follows_its_edge_and_leaves_the_rest_gray():
+    gray = np.full((64, 80), 0.5, np.float32)
+    region = np.zeros((64, 80), bool)
+    region[16:48, 20:60] = True
+    rgb = outline_region(gray, region)
+    assert rgb.shape == (64, 80, 3)
+    assert tuple(rgb[16, 30]) == (0, 200, 80)  # on the edge
+    assert tuple(rgb[32, 40]) == (128, 128, 128)  # inside, untouched
+    assert tuple(rgb[2, 2]) == (128, 128, 128)  # far outside, untouched
+    with pytest.raises(ValueError, match="region shape"):
+        outline_region(gray, region[:10])
