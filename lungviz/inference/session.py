@@ -213,6 +213,10 @@ class AnalysisSession:
         analysis.task, analysis.warning = self.choose_task(analysis.modality, task)
         if analysis.task is None:
             return analysis
+        cards = [c for c in self.cards[analysis.task] if models is None or c.name in models]
+        # The models load (mostly Python) while the lungs are found and while model k runs (TensorFlow, which
+        # releases the GIL); an image without lungs leaves them loaded for the next one.
+        ready = [self._preparer.submit(self._prepared, card, method) for card in cards]
         analysis.lungs = self.lungs(image, analysis.task)
         if analysis.lungs is not None and not analysis.lungs.found:
             if task == AUTO:  # an abdominal slice or a knee film: a confident answer would mislead
@@ -220,9 +224,6 @@ class AnalysisSession:
                 analysis.warn(NO_LUNGS)
                 return analysis
             analysis.warn("no lungs were found in this image; the models saw the whole image as asked")
-        cards = [c for c in self.cards[analysis.task] if models is None or c.name in models]
-        # The next models load (mostly Python) while model k runs (TensorFlow, which releases the GIL).
-        ready = [self._preparer.submit(self._prepared, card, method) for card in cards]
         for step, (card, classifier) in enumerate(zip(cards, ready, strict=True)):
             if progress:
                 progress(f"{card.name}: loading and running", step, len(cards))
