@@ -38,3 +38,4 @@ cards:  ## re-evaluate the shipped models, write their cards and README's table 
 bench:  ## the speed benchmarks (figures printed, nothing asserted)
 	$(PYTHON) -m benchmarks.gradcam_speed
 	$(PYTHON) -m benchmarks.latency
+	$(PYTHON) -m benchmarks.upload_memory

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
-from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,21 +24,9 @@ from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
+from benchmarks.timing import median_seconds
 from lungviz.inference.explanations import FEATURES_LAYER, GradCam
 from lungviz.models.registry import discover, load_model
-
-WARMUP = 2
-
-
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    for _ in range(WARMUP):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def densenet(nested: bool) -> tuple[keras.Model, str]:

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from benchmarks.dashboard_server import CHROMIUM, CHROMIUM_ARGS, REPOSITORY, served_dashboard
+from benchmarks.timing import median_seconds
 
 SHARED = REPOSITORY.parent / "shared" / "data"
 TEST_IMAGES = {
@@ -46,17 +46,6 @@ TEST_IMAGES = {
 FIRST_RESULT_SECONDS = 180
 PRESENTER_DELAY = 30
 """Seconds between starting a demo server and opening its page (a presenter who starts it before the talk)."""
-
-
-def median_seconds(call: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def image_files(task: str) -> list[Path]:

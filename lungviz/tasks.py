@@ -73,9 +73,14 @@ TASKS: dict[str, Task] = {
 """Every known task by name."""
 
 
+def task_problem(name: str) -> str | None:
+    """Why `name` is not a task, for validators that collect every problem at once; None when it is one."""
+    return None if name in TASKS else f"unknown task {name!r} (known: {', '.join(TASKS)})"
+
+
 def get_task(name: str) -> Task:
     """The task called `name`; an unknown name is a `ChoiceError` that lists the known ones."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ChoiceError(f"unknown task {name!r} (known: {', '.join(TASKS)})") from None
+    problem = task_problem(name)
+    if problem is not None:
+        raise ChoiceError(problem)
+    return TASKS[name]

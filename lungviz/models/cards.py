@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lungviz.errors import ChoiceError, ModelCardError
-from lungviz.tasks import get_task
+from lungviz.errors import ModelCardError
+from lungviz.tasks import task_problem
 
 HEADS = ("softmax", "sigmoid")
 INPUT_CROPS = ("none", "lungs")
@@ -44,11 +44,7 @@ class ModelCard:
     card_path: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        problems = []
-        try:
-            get_task(self.task)
-        except ChoiceError as error:
-            problems.append(str(error))
+        problems = [problem for problem in [task_problem(self.task)] if problem]
         if self.input_crop not in INPUT_CROPS:
             problems.append(f"input_crop must be one of {INPUT_CROPS}, not {self.input_crop!r}")
         if self.head not in HEADS:

@@ -32,7 +32,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from lungviz.errors import ChoiceError, PrecisionLossError, TrainingError
+from lungviz.errors import PrecisionLossError, TrainingError
 from lungviz.models.architectures import (
     HEAD_LAYERS,
     POOL_LAYER,
@@ -44,7 +44,7 @@ from lungviz.models.cards import ModelCard
 from lungviz.models.outputs import apply_temperature
 from lungviz.models.storage import save_compact
 from lungviz.preprocessing import gray_batch_to_input
-from lungviz.tasks import get_task
+from lungviz.tasks import get_task, task_problem
 from lungviz.training import datasets
 from lungviz.training.calibration import choose_threshold, fit_temperature
 from lungviz.training.evaluation import raw_probabilities
@@ -103,11 +103,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.data_dir, self.run_dir = Path(self.data_dir), Path(self.run_dir)
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
-        problems = []
-        try:
-            get_task(self.task)
-        except ChoiceError as error:
-            problems.append(str(error))
+        problems = [problem for problem in [task_problem(self.task)] if problem]
         if self.monitor not in MONITORS:
             problems.append(f"monitor must be one of {list(MONITORS)}, not {self.monitor!r}")
         if not (self.finetune_blocks == "all" or (isinstance(self.finetune_blocks, int) and self.finetune_blocks >= 0)):
