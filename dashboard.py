@@ -448,7 +448,8 @@ def serve() -> None:
     sys.exit(streamlit_cli.main())
 
 
-if get_script_run_ctx() is not None:  # a page run, by `streamlit run` or the server `serve` started
+# A page run (by `streamlit run`, or by the server `serve` started) renders the page; `python dashboard.py` serves.
+if get_script_run_ctx(suppress_warning=True) is not None:
     main()
 elif __name__ == "__main__":
     serve()

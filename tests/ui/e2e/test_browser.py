@@ -230,3 +230,23 @@ def test_the_server_listens_on_loopback_only_unless_told_otherwise(test_models_u
         assert response.status == 200
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((outward, port), timeout=5).close()
+
+
+def test_python_dashboard_py_serves_the_page_with_its_models_warmed_up(weights_root, upload_paths, tmp_path):
+    """README's start command: the models load while the server starts, in the server's own process."""
+    from playwright.sync_api import expect, sync_playwright
+
+    options = ["--client.showErrorDetails", "full"]
+    server = served_dashboard(weights_root, log=tmp_path / "server.log", options=options, prewarm=True)
+    with server as (url, _), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.locator("input[type=file]").set_input_files(upload_paths[0])
+            expect(page.get_by_text(f"All models on {upload_paths[0].name}")).to_be_visible(
+                timeout=RESULTS_SECONDS * 1000
+            )
+            assert page.locator(ERROR_ELEMENTS).count() == 0
+        finally:
+            browser.close()
