@@ -1,0 +1,90 @@
+"""Scoring where heatmaps point: annotated regions read from made-up data, pointing game and heat inside."""
+
+import csv
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from lungviz.inference.prediction import ModelResult
+from lungviz.training.localisation import covid_qu_ex_infections, localisation_scores, nih_boxes
+
+
+def _write_rows(path, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_qu_ex_infection_masks_leave_out_the_whole_lung_ones(tmp_path):
+    rows = []
+    for index, fraction in enumerate(["0.4", "1.0", "0.2"]):
+        image, mask = f"val/COVID/images/c{index}.jpg", f"val/COVID/infection_masks/c{index}.png"
+        for path in (image, mask):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / image), np.full((32, 32), 100, np.uint8))
+        region = np.zeros((32, 32), np.uint8)
+        region[4:10, 4:10] = 255
+        cv2.imwrite(str(tmp_path / mask), region)
+        rows.append({"file": image, "split": "val", "label": "COVID", "infection_mask": mask,
+                     "infection_fraction_of_lung": fraction})  # fmt: skip
+    rows.append({"file": "val/Normal/images/n.jpg", "split": "val", "label": "Normal", "infection_mask": "",
+                 "infection_fraction_of_lung": ""})  # fmt: skip
+    _write_rows(tmp_path / "labels.csv", rows)
+    images, whole_lung = covid_qu_ex_infections(tmp_path)
+    assert [image.name for image in images] == ["val/COVID/images/c0.jpg", "val/COVID/images/c2.jpg"]
+    assert whole_lung == 1
+    assert images[0].region.sum() == 36
+
+
+def test_nih_boxes_of_one_image_form_one_region(tmp_path):
+    (tmp_path / "test" / "PNEUMONIA").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "test/PNEUMONIA/a.jpg"), np.full((64, 64), 90, np.uint8))
+    _write_rows(tmp_path / "boxes.csv", [
+        {"file": "test/PNEUMONIA/a.jpg", "finding": "Pneumonia", "x": "2.5", "y": "4", "w": "10", "h": "5"},
+        {"file": "test/PNEUMONIA/a.jpg", "finding": "Pneumonia", "x": "40", "y": "40", "w": "4", "h": "4"},
+        {"file": "test/PNEUMONIA/a.jpg", "finding": "Mass", "x": "0", "y": "0", "w": "60", "h": "60"},
+    ])  # fmt: skip
+    (image,) = nih_boxes(tmp_path)
+    assert image.region.sum() == 11 * 5 + 16
+    assert image.region[4, 2]
+    assert not image.region[3, 2]
+
+
+class _PeakAt:
+    """A stand-in model whose heatmap peaks where told, so the scores have a known answer."""
+
+    card = SimpleNamespace(positive_class="PNEUMONIA")
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def run(self, pixels, method, target, lungs):
+        rows, cols = np.mgrid[: pixels.shape[0], : pixels.shape[1]]
+        heat = np.exp(-((cols - self.x) ** 2 + (rows - self.y) ** 2) / 8.0).astype(np.float32)
+        return ModelResult("m", "a", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", {"NORMAL": 0.2, "PNEUMONIA": 0.8},
+                           "PNEUMONIA", 0.5, 0.0, method, target, heat)  # fmt: skip
+
+
+def _annotated(count=5):
+    from lungviz.training.localisation import AnnotatedImage
+
+    region = np.zeros((100, 100), bool)
+    region[10:30, 10:30] = True
+    return [AnnotatedImage(f"i{i}", "made up", np.full((100, 100), 0.5, np.float32), region) for i in range(count)]
+
+
+def test_a_map_peaking_inside_the_region_hits_and_puts_its_heat_there():
+    scores = localisation_scores(_PeakAt(20, 20), _annotated(), "gradcam")
+    assert scores["pointing_hit_rate"] == {"value": 1.0, "ci95": [1.0, 1.0]}
+    assert scores["heat_inside"]["value"] > 0.99
+    assert scores["region_share_of_image"] == pytest.approx(0.04)
+
+
+def test_a_peak_just_outside_counts_within_the_tolerance_and_not_beyond():
+    assert localisation_scores(_PeakAt(31, 20), _annotated(), "gradcam")["pointing_hit_rate"]["value"] == 1.0
+    far = localisation_scores(_PeakAt(60, 60), _annotated(), "gradcam")
+    assert far["pointing_hit_rate"]["value"] == 0.0
+    assert far["heat_inside"]["value"] < 0.01
