@@ -109,6 +109,15 @@ def _build_parser() -> argparse.ArgumentParser:
     lungs.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     lungs.set_defaults(handler=_run_lungs)
 
+    localise = commands.add_parser("localisation", help="where the X-ray models' heatmaps point on annotated findings")
+    localise.add_argument("--qu-ex", type=Path, help="COVID-QU-Ex infection masks (labels.csv, val/COVID)")
+    localise.add_argument("--nih", type=Path, help="NIH ChestX-ray14 subset with radiologist boxes (boxes.csv)")
+    localise.add_argument("--methods", default="gradcam", help="comma-separated explanation methods")
+    localise.add_argument("--models", default=None, help="comma-separated model names (default: all X-ray models)")
+    localise.add_argument("--update-cards", action="store_true", help="write the scores into the model cards")
+    localise.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
+    localise.set_defaults(handler=_run_localisation)
+
     gate = commands.add_parser("gate", help="fit or evaluate the modality / out-of-distribution gate")
     gate.add_argument("action", choices=["fit", "evaluate"])
     gate.add_argument("--xray", type=Path, required=True, help="chest X-ray data set (train/val/test folders)")
@@ -220,6 +229,41 @@ def _run_lungs(args: argparse.Namespace) -> int:
         report = evaluate_segmenter(XrayLungSegmenter.load(folder), load_masked_split(args.data, "val", args.limit))
         card = json.loads((folder / SEGMENTER_CARD).read_text())
         (folder / SEGMENTER_CARD).write_text(json.dumps({**card, "evaluation": {"split": "val", **report}}, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _run_localisation(args: argparse.Namespace) -> int:
+    import json
+
+    from lungviz.inference.explanations import check_method
+    from lungviz.models.registry import select_cards
+    from lungviz.training.localisation import covid_qu_ex_infections, localisation_scores, nih_boxes
+
+    methods = _names(args.methods) or []
+    for method in methods:
+        check_method(method)
+    sources = {}
+    if args.qu_ex is not None:
+        _require_folder(args.qu_ex, "COVID-QU-Ex")
+        sources["covid-qu-ex infection masks (val)"] = covid_qu_ex_infections(args.qu_ex)[0]
+    if args.nih is not None:
+        _require_folder(args.nih, "NIH")
+        sources["nih pneumonia boxes"] = nih_boxes(args.nih)
+    if not sources:
+        raise UsageError("give --qu-ex, --nih or both: the annotated images to score the heatmaps on")
+    session = _session(args.weights)
+    cards = select_cards(session.cards["xray-pneumonia"], _names(args.models))
+    report: dict[str, dict[str, dict[str, object]]] = {}
+    for card in cards:
+        classifier = session.classifier(card)
+        report[card.name] = {
+            source: {method: localisation_scores(classifier, images, method, session.segmenter) for method in methods}
+            for source, images in sources.items()
+        }
+        if args.update_cards and card.card_path is not None:  # (registry cards always know their file)
+            card.metrics = {**card.metrics, "localisation": report[card.name]}
+            card.save(card.card_path)
     print(json.dumps(report, indent=2))
     return 0
 

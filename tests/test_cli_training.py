@@ -103,3 +103,43 @@ def test_missing_data_folder_is_a_usage_error(arguments, message, capsys):
         main(arguments)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_localisation_scores_the_x_ray_models_and_writes_them_into_their_cards(weights_root, tmp_path, capsys):
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from lungviz.models.registry import discover
+    from tests.training.test_localisation import _write_rows
+
+    weights = tmp_path / "weights"
+    shutil.copytree(weights_root, weights)
+    nih = tmp_path / "nih"
+    (nih / "test" / "PNEUMONIA").mkdir(parents=True)
+    for index in range(3):
+        cv2.imwrite(str(nih / f"test/PNEUMONIA/{index}.jpg"), np.full((96, 96), 60 + 40 * index, np.uint8))
+    _write_rows(nih / "boxes.csv", [{"file": f"test/PNEUMONIA/{index}.jpg", "finding": "Pneumonia", "x": "10",
+                                     "y": "20", "w": "30", "h": "25"} for index in range(3)])  # fmt: skip
+
+    status = main(["localisation", "--nih", str(nih), "--methods", "gradcam,layercam", "--update-cards",
+                   "--weights", str(weights)])  # fmt: skip
+
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert set(report) == {"flat-softmax", "nested-sigmoid"}
+    for card in discover(weights)["xray-pneumonia"]:
+        scores = card.metrics["localisation"]["nih pneumonia boxes"]
+        assert scores == report[card.name]["nih pneumonia boxes"]
+        assert set(scores) == {"gradcam", "layercam"}
+        assert scores["gradcam"]["images"] == 3
+        assert 0 <= scores["gradcam"]["pointing_hit_rate"]["value"] <= 1
+    assert "localisation" not in discover(weights)["ct-covid"][0].metrics
+
+
+def test_localisation_without_annotated_images_is_a_usage_error(weights_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["localisation", "--weights", str(weights_root)])
+    assert exit_info.value.code == 2
+    assert "give --qu-ex, --nih or both" in capsys.readouterr().err
