@@ -63,6 +63,28 @@ def _confusion_rows(card: ModelCard) -> list[dict[str, Any]]:
     ]
 
 
+LOCALISATION_NOTE = (
+    "Pointing game: the heatmap's peak inside the marked region. Heat inside: the share of the map's heat in the "
+    "region; chance is the region's share of the image. 95% bootstrap intervals."
+)
+
+
+def _with_interval(entry: dict[str, Any]) -> str:
+    low, high = entry["ci95"]
+    return f"{entry['value']:.3f} ({low:.3f} to {high:.3f})"
+
+
+def _localisation_rows(card: ModelCard) -> list[dict[str, Any]]:
+    """One row per annotated source and explanation method, from the card's `metrics.localisation`."""
+    return [
+        {"annotations": source, "method": method, "images": scores["images"],
+         "pointing game": _with_interval(scores["pointing_hit_rate"]),
+         "heat inside": _with_interval(scores["heat_inside"]), "chance": round(scores["region_share_of_image"], 3)}
+        for source, by_method in card.metrics.get("localisation", {}).items()
+        for method, scores in by_method.items()
+    ]  # fmt: skip
+
+
 def _plain(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -94,6 +116,10 @@ def show_card(card: ModelCard) -> None:
             if confusion := _confusion_rows(card):
                 right.markdown("**Confusion matrix at the threshold (test)**")
                 right.dataframe(confusion, hide_index=True)
+        if localisation := _localisation_rows(card):
+            st.markdown(f"**Where its heatmaps of {literal(card.positive_class)} point** (annotated findings)")
+            st.dataframe(localisation, hide_index=True)
+            st.caption(LOCALISATION_NOTE)
         if card.limitations:
             st.markdown("**Limitations**\n" + "\n".join(f"- {item}" for item in card.limitations))
 

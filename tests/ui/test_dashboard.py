@@ -343,6 +343,16 @@ def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_pa
         "data_dir": "sars_cov2_ct",
         "test_counts": {"non-COVID": 100, "COVID": 100},
         "bootstrap": {"method": "stratified percentile", "resamples": 1000},
+        "localisation": {
+            "made-up masks": {
+                "gradcam": {
+                    "images": 40,
+                    "pointing_hit_rate": {"value": 0.625, "ci95": [0.475, 0.775]},
+                    "heat_inside": {"value": 0.31, "ci95": [0.27, 0.35]},
+                    "region_share_of_image": 0.1234,
+                }
+            }
+        },
     }
     card["training"] = {"data": "sars_cov2_ct", "split": {"train": 1600, "validation": 400}}
     card_path.write_text(json.dumps(card))
@@ -382,4 +392,12 @@ def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_pa
     confusion = app.dataframe[1].value
     assert list(confusion.columns) == ["true class", "called non-COVID", "called COVID"]
     assert confusion.set_index("true class").loc["COVID", "called COVID"] == 93
+    localisation = app.dataframe[2].value.iloc[0]
+    assert (localisation["annotations"], localisation["method"], localisation["images"]) == (
+        "made-up masks",
+        "gradcam",
+        40,
+    )
+    assert localisation["pointing game"] == "0.625 (0.475 to 0.775)"
+    assert localisation["chance"] == pytest.approx(0.123)
     assert len(app.info) == 3  # the three cards without metrics say so
