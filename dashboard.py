@@ -1,10 +1,11 @@
 """LungViz dashboard: upload chest images and compare what several models decide and where they look.
 
-Run with `streamlit run dashboard.py`. This page only lays out widgets and calls
+Run with `python dashboard.py` (the models load while the server starts) or
+`streamlit run dashboard.py`. This page only lays out widgets and calls
 `lungviz`. Two caches keep it responsive during a demo:
 
-* the `AnalysisSession` (model cards, loaded models, the modality gate) lives in
-  Streamlit's resource cache, so each model is loaded once per process;
+* the process's one `AnalysisSession` (`shared_session`: model cards, loaded
+  models, the gate and the lung segmenter), so each model is loaded once per process;
 * decoded images and analyses live in the user's session, keyed by everything
   that changes a model's answer (file name and digest, frame, window, task, models,
   method, class to explain). Opacity, colormap and outline are not in the key:

@@ -238,7 +238,7 @@ def _run_localisation(args: argparse.Namespace) -> int:
 
     from lungviz.inference.explanations import check_method
     from lungviz.models.registry import select_cards
-    from lungviz.training.localisation import covid_qu_ex_infections, localisation_scores, nih_boxes
+    from lungviz.training.localisation import covid_qu_ex_infections, localisation_scores, nih_boxes, with_lungs
 
     methods = _names(args.methods) or []
     for method in methods:
@@ -253,12 +253,13 @@ def _run_localisation(args: argparse.Namespace) -> int:
     if not sources:
         raise UsageError("give --qu-ex, --nih or both: the annotated images to score the heatmaps on")
     session = _session(args.weights)
+    sources = {source: with_lungs(images, session.segmenter) for source, images in sources.items()}
     cards = select_cards(session.cards["xray-pneumonia"], _names(args.models))
     report: dict[str, dict[str, dict[str, object]]] = {}
     for card in cards:
         classifier = session.classifier(card)
         report[card.name] = {
-            source: {method: localisation_scores(classifier, images, method, session.segmenter) for method in methods}
+            source: {method: localisation_scores(classifier, images, method) for method in methods}
             for source, images in sources.items()
         }
         if args.update_cards and card.card_path is not None:  # (registry cards always know their file)

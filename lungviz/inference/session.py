@@ -1,9 +1,9 @@
 """An analysis session: the registry's models, loaded once, applied to files.
 
-The CLI makes one session per process; the dashboard keeps one in Streamlit's
-resource cache. Either way each model is loaded once, the modality gate routes
-each image to its task, and a bad file becomes an `Analysis` with an error
-instead of an exception.
+The CLI makes one session per process; a dashboard server shares one per
+weights folder (`shared_session`) between all its pages. Either way each model
+is loaded once, the modality gate routes each image to its task, the lungs are
+found, and a bad file becomes an `Analysis` with an error instead of an exception.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from lungviz.errors import DatasetError
 from lungviz.inference.localisation import heat_share, pointing_hit
-from lungviz.inference.lungs import XrayLungSegmenter
+from lungviz.inference.lungs import Lungs, XrayLungSegmenter
 from lungviz.inference.prediction import Classifier
 
 POINTING_TOLERANCE = 0.02
@@ -45,6 +45,15 @@ class AnnotatedImage:
     source: str
     pixels: np.ndarray
     region: np.ndarray
+    lungs: Lungs | None = None
+    """Found once per image (`with_lungs`), for the models that crop to them and for lung attention."""
+
+
+def with_lungs(images: Sequence[AnnotatedImage], segmenter: XrayLungSegmenter | None) -> list[AnnotatedImage]:
+    """The images with their lungs, segmented once for every model and method that scores them."""
+    if segmenter is None:
+        return list(images)
+    return [replace(image, lungs=segmenter.segment(image.pixels)) for image in images]
 
 
 def _gray(path: Path) -> np.ndarray:
@@ -106,14 +115,12 @@ def _with_interval(values: np.ndarray, rng: np.random.Generator) -> dict[str, An
     }
 
 
-def localisation_scores(classifier: Classifier, images: Sequence[AnnotatedImage], method: str,
-                        segmenter: XrayLungSegmenter | None = None) -> dict[str, Any]:  # fmt: skip
+def localisation_scores(classifier: Classifier, images: Sequence[AnnotatedImage], method: str) -> dict[str, Any]:
     """Pointing-game hit rate and heat inside the regions for one model and method, with 95% intervals."""
     hits, shares = [], []
     positive = classifier.card.positive_class
     for image in images:
-        lungs = segmenter.segment(image.pixels) if segmenter is not None else None
-        result = classifier.run(image.pixels, method, positive, lungs)
+        result = classifier.run(image.pixels, method, positive, image.lungs)
         heatmap = result.heatmap if result.heatmap is not None else np.zeros(image.pixels.shape, np.float32)
         tolerance = round(POINTING_TOLERANCE * max(image.pixels.shape))
         hits.append(pointing_hit(heatmap, image.region, tolerance))

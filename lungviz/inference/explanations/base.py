@@ -60,7 +60,7 @@ class Explainer(ABC):
         Methods that get both from one pass override this (Grad-CAM).
         """
         probabilities = self.probabilities(inputs)
-        return probabilities, self.explain(inputs, _resolve(class_index, probabilities))
+        return probabilities, self.explain(inputs, resolve_class(class_index, probabilities))
 
     @abstractmethod
     def _explain(self, inputs: np.ndarray, class_index: int) -> np.ndarray:
@@ -88,7 +88,8 @@ class Explainer(ABC):
             )
 
 
-def _resolve(class_index: ClassChoice, probabilities: np.ndarray) -> int:
+def resolve_class(class_index: ClassChoice, probabilities: np.ndarray) -> int:
+    """The index a ClassChoice names, given the model's probabilities."""
     return int(class_index(probabilities) if callable(class_index) else class_index)
 
 

@@ -9,9 +9,9 @@ from lungviz.inference.explanations.base import (
     EPSILON,
     ClassChoice,
     Explainer,
-    _resolve,
     as_heatmap,
     register_method,
+    resolve_class,
 )
 
 
@@ -37,7 +37,7 @@ class GradCam(Explainer):
         self._check(inputs, 0)
         probabilities, cams = self._compiled(tf.convert_to_tensor(inputs, tf.float32))
         probabilities = probabilities.numpy()[0]
-        chosen = _resolve(class_index, probabilities)
+        chosen = resolve_class(class_index, probabilities)
         self._check(inputs, chosen)
         return probabilities, as_heatmap(cams.numpy()[0, chosen], inputs.shape[1:3])
 
