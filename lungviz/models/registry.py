@@ -2,7 +2,8 @@
 
 A model is a Keras file in `weights/<task>/` with a JSON card beside it. The
 registry only reads cards (cheap) until a model is asked for; loading is done
-with Keras safe mode so a shipped file can never run arbitrary code.
+with Keras safe mode so a shipped file can never run arbitrary code, by
+`load_compact`, which reads the float32, float16 and int8 files `save_compact` writes.
 """
 
 from __future__ import annotations
@@ -54,12 +55,12 @@ def select_cards(cards: list[ModelCard], names: list[str] | None) -> list[ModelC
 
 def load_model(card: ModelCard):
     """Load the card's Keras model in safe mode and check it agrees with the card."""
-    import keras  # deferred: reading cards must stay fast and TensorFlow-free
+    from lungviz.models.storage import load_compact  # deferred: reading cards must stay fast (no h5py, no TensorFlow)
 
     try:
-        model = keras.models.load_model(card.model_path, compile=False, safe_mode=True)
-    except Exception as error:  # Keras raises many types for a bad file
-        raise ModelLoadError(f"cannot load model {card.name!r} from {card.model_path.name}: {error}") from error
+        model = load_compact(card.model_path)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"cannot load model {card.name!r}: {error}") from error
     _check_matches_card(model, card)
     return model
 
