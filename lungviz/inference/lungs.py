@@ -162,12 +162,12 @@ class XrayLungSegmenter:
     @classmethod
     def load(cls, folder: Path) -> XrayLungSegmenter:
         """Load from a folder holding the segmenter and its card (safe mode: no code runs from the file)."""
-        import keras
+        from lungviz.models.storage import load_compact  # any of the precisions save_compact may choose
 
         try:
             card = json.loads((Path(folder) / SEGMENTER_CARD).read_text())
-            model = keras.models.load_model(Path(folder) / SEGMENTER_FILE, compile=False, safe_mode=True)
-        except (OSError, ValueError) as error:
+            model = load_compact(Path(folder) / SEGMENTER_FILE)
+        except (OSError, ValueError, ModelLoadError) as error:
             raise ModelLoadError(f"cannot load the lung segmenter from {folder}: {error}") from error
         return cls(model, card)
 

@@ -108,10 +108,11 @@ def load_gate(weights_root: Path) -> ModalityGate | None:
     folder = Path(weights_root) / GATE_DIR
     if not (folder / EMBEDDING_FILE).is_file():
         return None
-    import keras
     import tensorflow as tf
 
-    model = keras.models.load_model(folder / EMBEDDING_FILE, compile=False, safe_mode=True)
+    from lungviz.models.storage import load_compact  # any of the precisions save_compact may choose
+
+    model = load_compact(folder / EMBEDDING_FILE)
     # Compiled once: an eager call of the ~100-layer embedding costs several times its graph.
     embedding = tf.function(partial(model, training=False), input_signature=[tf.TensorSpec((None, *INPUT_SIZE, 3))])
     with np.load(folder / STATS_FILE, allow_pickle=False) as stats:

@@ -159,12 +159,11 @@ def evaluate_gate(gate: ModalityGate, data_dirs: dict[str, Path]) -> dict[str, A
 
 
 def save_gate(gate: ModalityGate, folder: Path, card: dict[str, Any]) -> None:
-    """Write the embedding (float16 when its features stay within tolerance), the statistics and the card."""
+    """Write the embedding (int8 or float16 where its features stay within tolerance), the statistics and the card."""
     folder.mkdir(parents=True, exist_ok=True)
     probe = np.random.default_rng(0).uniform(0, 255, (4, *INPUT_SIZE, 3)).astype(np.float32)
-    card["float16_max_feature_change"] = save_compact(
-        gate.embedding, folder / EMBEDDING_FILE, probe, tolerance=0.1
-    )  # features lie in [0, 6]
+    stored = save_compact(gate.embedding, folder / EMBEDDING_FILE, probe, tolerance=0.1)  # features lie in [0, 6]
+    card["weights_dtype"], card["weights_max_feature_change"] = stored.dtype, stored.max_output_change
     np.savez(
         folder / STATS_FILE,
         class_means=gate.class_means,
