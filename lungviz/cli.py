@@ -63,7 +63,13 @@ def _build_parser() -> argparse.ArgumentParser:
     cards.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     cards.set_defaults(handler=_run_cards)
     train = commands.add_parser("train", help="fine-tune or train a classifier on a folder-per-class data set")
-    train.add_argument("--data", type=Path, required=True, help="data set with train/ and val/ (and test/) folders")
+    train.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        action="append",
+        help="data set with train/ and val/ (and test/) folders; repeat it to train on several sources",
+    )
     train.add_argument("--task", required=True, choices=list(TASKS))
     train.add_argument("--arch", required=True, help="efficientnet_lite0|1|2, simple_cnn or a keras.applications name")
     train.add_argument("--name", default=None, help="model name (default: the architecture)")
@@ -78,6 +84,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=4, help="early stopping patience on validation AUC")
     train.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     train.add_argument(
+        "--whole-image", action="store_true", help="feed whole images instead of lung crops (ablations only)"
+    )
+    train.add_argument(
         "--imagenet-weights",
         type=Path,
         default=None,
@@ -91,7 +100,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "evaluate", help="test-split metrics with 95%% bootstrap CIs, per model and ensemble"
     )
     evaluate.add_argument("--task", required=True, choices=list(TASKS))
-    evaluate.add_argument("--data", type=Path, required=True, help="data set with val/ and test/ folders")
+    evaluate.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        action="append",
+        help="data set with val/ and test/ folders; repeat it to score several sources (pooled and each)",
+    )
     evaluate.add_argument("--models", default=None, help="comma-separated model names (default: all of the task)")
     evaluate.add_argument("--out", type=Path, default=None, help="write report.json, summary.md and figures.html")
     evaluate.add_argument("--update-cards", action="store_true", help="write the test metrics into the model cards")
@@ -114,6 +129,12 @@ def _build_parser() -> argparse.ArgumentParser:
     localise.add_argument("--nih", type=Path, help="NIH ChestX-ray14 subset with radiologist boxes (boxes.csv)")
     localise.add_argument("--methods", default="gradcam", help="comma-separated explanation methods")
     localise.add_argument("--models", default=None, help="comma-separated model names (default: all X-ray models)")
+    localise.add_argument(
+        "--compare-layers",
+        default=None,
+        help="comma-separated candidate CAM layers: each model is scored (Grad-CAM, first annotated source) at "
+        "each layer it has; with --update-cards the best becomes its card's cam_layer",
+    )
     localise.add_argument("--update-cards", action="store_true", help="write the scores into the model cards")
     localise.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     localise.set_defaults(handler=_run_localisation)
@@ -136,11 +157,13 @@ def _run_train(args: argparse.Namespace) -> int:
     from lungviz.models.registry import weights_dir
     from lungviz.training.trainer import TrainConfig, train
 
-    _require_folder(args.data, "data")
+    for folder in args.data:
+        _require_folder(folder, "data")
     name = args.name or args.arch.replace("_", "-")
     config = TrainConfig(
         task=args.task,
-        data_dir=args.data,
+        data_dirs=tuple(args.data),
+        input_crop="none" if args.whole_image else "lungs",
         architecture=args.arch,
         name=name,
         run_dir=args.run_dir or Path("runs") / args.task / name,
@@ -173,12 +196,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         update_card_metrics,
     )
 
-    _require_folder(args.data, "data")
+    for folder in args.data:
+        _require_folder(folder, "data")
     session = _session(args.weights)
     cards = select_cards(session.cards[args.task], _names(args.models))
     if not cards:
         raise UsageError(f"no models for task {args.task} in {session.root}")
-    report = evaluate_task(args.task, args.data, [(card, load_model(card)) for card in cards], args.out)
+    models = [(card, load_model(card)) for card in cards]
+    report = evaluate_task(args.task, args.data, models, args.out, lungs_weights=session.root)
     if args.update_cards:
         for card in cards:
             update_card_metrics(card, report)
@@ -235,10 +260,19 @@ def _run_lungs(args: argparse.Namespace) -> int:
 
 def _run_localisation(args: argparse.Namespace) -> int:
     import json
+    from dataclasses import replace
 
     from lungviz.inference.explanations import check_method
+    from lungviz.inference.prediction import Classifier
     from lungviz.models.registry import select_cards
-    from lungviz.training.localisation import covid_qu_ex_infections, localisation_scores, nih_boxes, with_lungs
+    from lungviz.training.localisation import (
+        best_layer,
+        compare_layers,
+        covid_qu_ex_infections,
+        localisation_scores,
+        nih_boxes,
+        with_lungs,
+    )
 
     methods = _names(args.methods) or []
     for method in methods:
@@ -256,16 +290,27 @@ def _run_localisation(args: argparse.Namespace) -> int:
     sources = {source: with_lungs(images, session.segmenter) for source, images in sources.items()}
     cards = select_cards(session.cards["xray-pneumonia"], _names(args.models))
     report: dict[str, dict[str, dict[str, object]]] = {}
+    layer_report: dict[str, dict[str, object]] = {}
     for card in cards:
         classifier = session.classifier(card)
+        if candidates := _names(args.compare_layers):
+            first_source, annotated = next(iter(sources.items()))
+            by_layer = compare_layers(classifier, annotated, candidates, "gradcam")
+            chosen = best_layer(by_layer)
+            layer_report[card.name] = {"scored_on": first_source, "layers": by_layer, "chosen": chosen}
+            if chosen != card.cam_layer:
+                card = replace(card, cam_layer=chosen)
+                classifier = Classifier(card, classifier.model)
         report[card.name] = {
             source: {method: localisation_scores(classifier, images, method) for method in methods}
             for source, images in sources.items()
         }
         if args.update_cards and card.card_path is not None:  # (registry cards always know their file)
             card.metrics = {**card.metrics, "localisation": report[card.name]}
+            if card.name in layer_report:
+                card.metrics["cam_layer_choice"] = layer_report[card.name]
             card.save(card.card_path)
-    print(json.dumps(report, indent=2))
+    print(json.dumps({"localisation": report, "cam_layers": layer_report} if layer_report else report, indent=2))
     return 0
 
 

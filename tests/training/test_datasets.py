@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 
 from lungviz.errors import ChoiceError, DatasetError
+from lungviz.inference import lungs
+from lungviz.inference.images import CT_WINDOWS, apply_window, load_image
+from lungviz.inference.lungs import find_lungs
+from lungviz.preprocessing import image_to_input
 from lungviz.training.datasets import (
+    LungCropper,
     SplitData,
     dataset_classes,
     evaluation_dataset,
@@ -12,9 +17,11 @@ from lungviz.training.datasets import (
     make_augmenter,
     training_dataset,
 )
+from tests.images_factory import chest_hounsfield, to_8bit
 from tests.synthetic_dataset import write_blob_dataset
 
 CLASSES = ("NORMAL", "PNEUMONIA")
+SOURCES = np.full(32, "made-up", dtype=object)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +100,9 @@ def test_evaluation_batches_keep_file_order_and_match_the_plain_iterator(tree):
 def test_augmentation_jitters_but_never_flips(tmp_path):
     image = np.full((48, 48), 40, np.uint8)
     image[:20, :20] = 230  # bright top-left corner: any flip moves it to another quadrant
-    split = SplitData("train", CLASSES, (tmp_path,) * 32, np.repeat(image[None], 32, axis=0), np.zeros(32, np.int64))
+    split = SplitData(
+        "train", CLASSES, (tmp_path,) * 32, np.repeat(image[None], 32, axis=0), np.zeros(32, np.int64), SOURCES[:32]
+    )
     batches = np.concatenate([x.numpy() for x, _ in training_dataset(split, 16, seed=0, augment=True)])
     assert batches.shape == (32, 48, 48, 3)
     top, bottom = batches[:, :24].mean(axis=(1, 2, 3)), batches[:, 24:].mean(axis=(1, 2, 3))
@@ -106,7 +115,9 @@ def test_augmentation_jitters_but_never_flips(tmp_path):
 
 def test_augmentation_differs_per_image_and_epoch_but_repeats_with_the_seed():
     image = np.random.default_rng(1).integers(0, 255, size=(24, 24), dtype=np.uint8)
-    split = SplitData("train", CLASSES, (None,) * 6, np.repeat(image[None], 6, axis=0), np.zeros(6, np.int64))
+    split = SplitData(
+        "train", CLASSES, (None,) * 6, np.repeat(image[None], 6, axis=0), np.zeros(6, np.int64), SOURCES[:6]
+    )
 
     def epochs(dataset, count=2):
         return [np.concatenate([x.numpy() for x, _ in dataset]) for _ in range(count)]
@@ -117,3 +128,53 @@ def test_augmentation_differs_per_image_and_epoch_but_repeats_with_the_seed():
     replay = epochs(training_dataset(split, 3, seed=5, augment=True))
     np.testing.assert_array_equal(replay[0], first)
     np.testing.assert_array_equal(replay[1], second)
+
+
+@pytest.fixture
+def ct_tree(tmp_path):
+    """A CT source: a full-field lung-window slice (the body small in a wide field of air), and a blank slice."""
+    window = to_8bit(apply_window(chest_hounsfield(160, 128).astype(np.float32), CT_WINDOWS["lung"]))
+    framed = np.full((320, 300), window.min(), np.uint8)
+    framed[100:260, 90:218] = window
+    for split in ("train", "val"):
+        for name, image in (("non-COVID", framed), ("COVID", np.full((200, 200), 30, np.uint8))):
+            (tmp_path / "ct" / split / name).mkdir(parents=True)
+            cv2.imwrite(str(tmp_path / "ct" / split / name / "slice.png"), image)
+    return tmp_path / "ct"
+
+
+def test_lung_crop_frames_training_images_exactly_as_inference_does(ct_tree, tmp_path, monkeypatch):
+    cropper = LungCropper("ct", None, tmp_path / "cache")
+    split = load_split(ct_tree, "train", ("non-COVID", "COVID"), (64, 64), cropper)
+    assert split.lungs_found.tolist() == [True, False]
+    pixels = load_image((ct_tree / "train" / "non-COVID" / "slice.png").read_bytes(), "slice.png").pixels
+    box = find_lungs(pixels, "ct").crop_box()
+    assert (box[0] >= 90, box[2] <= 218) == (True, True)  # inside the framed slice: the air around the body is cut away
+    np.testing.assert_allclose(split.images[0], image_to_input(pixels, (64, 64), box)[0, ..., 0], atol=1)
+    np.testing.assert_array_equal(split.images[1], np.full((64, 64), 30))  # no lungs: the whole image
+    assert split.lungs_found_counts() == {"found": 1, "images": 2}
+
+    # the boxes are cached per file: a second read never looks for lungs again
+    monkeypatch.setattr(lungs, "find_lungs", lambda *args, **kwargs: pytest.fail("boxes were not cached"))
+    again = load_split(ct_tree, "train", ("non-COVID", "COVID"), (64, 64), LungCropper("ct", None, tmp_path / "cache"))
+    np.testing.assert_array_equal(again.images, split.images)
+
+
+def test_radiographs_cannot_be_cropped_without_the_segmenter(tmp_path):
+    with pytest.raises(DatasetError, match="segmenter"):
+        LungCropper("xray", None, tmp_path)
+
+
+def test_sources_are_kept_apart_and_subsets_keep_every_column(tree, tmp_path):
+    other = write_blob_dataset(tmp_path / "adults", CLASSES, {"train": 2}, seed=4)
+    split = load_split([tree, other], "train", CLASSES, (16, 16))
+    assert split.source_names() == [tree.name, "adults"]
+    assert split.counts_by_source() == {
+        tree.name: {"NORMAL": 7, "PNEUMONIA": 7},
+        "adults": {"NORMAL": 2, "PNEUMONIA": 2},
+    }
+    adults = split.subset(split.sources == "adults")
+    assert [f.parent.parent.parent.name for f in adults.files] == ["adults"] * 4
+    np.testing.assert_array_equal(adults.images, split.images[-4:])
+    with pytest.raises(DatasetError, match="share a folder name"):
+        load_split([tree, tree], "train", CLASSES, (16, 16))
