@@ -8,14 +8,18 @@ few thousand images stable). Stage 1 by default runs the frozen backbone once
 over the unaugmented images and fits the head on the pooled features: one
 forward pass instead of one per epoch, which on a 2-core CPU is the difference
 between minutes and hours. `simple_cnn` trains in one stage from scratch.
-Classes are weighted inversely to their frequency; every stage stops early on
+Images are cropped to their lungs first, as inference crops them. With several
+sources, each source's classes are balanced and the sources are weighted by the
+square root of their size (`loss_weights`), so a small second source counts
+without its few images being repeated tenfold. Every stage stops early on
 the validation monitor and keeps its best epoch. After training, a temperature
 and a decision threshold are fitted on validation (lungviz.training.calibration).
 
 Run folder: `last.keras` (full model and optimizer, every epoch), `best.weights.h5`
 (best epoch of the running stage), `state.json` (stage, epoch, best so far: what
 `resume` continues from), `history.csv` (Keras CSVLogger), `train.log` (plain text)
-and `head_features.npz` (the cached stage-1 features).
+and `head_features.npz` (the cached stage-1 features). The lungs' crop boxes are
+cached beside the run folders (`<runs>/<task>/lung-boxes-*.json`), shared by runs.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from lungviz.errors import PrecisionLossError, TrainingError
+from lungviz.errors import TrainingError
 from lungviz.models.architectures import (
     HEAD_LAYERS,
     POOL_LAYER,
@@ -40,9 +44,9 @@ from lungviz.models.architectures import (
     build_model,
     get_architecture,
 )
-from lungviz.models.cards import ModelCard
+from lungviz.models.cards import INPUT_CROPS, ModelCard
 from lungviz.models.outputs import apply_temperature
-from lungviz.models.storage import save_compact
+from lungviz.models.storage import load_compact, save_compact
 from lungviz.preprocessing import gray_batch_to_input
 from lungviz.tasks import get_task, task_problem
 from lungviz.training import datasets
@@ -59,7 +63,8 @@ _IDENTITY_FIELDS = (
     "task",
     "architecture",
     "input_size",
-    "data_dir",
+    "data_dirs",
+    "input_crop",
     "seed",
     "batch_size",
     "finetune_blocks",
@@ -76,12 +81,14 @@ class TrainConfig:
     """Everything one training run depends on; recorded in the run's state and the model card."""
 
     task: str
-    data_dir: Path
+    data_dirs: tuple[Path, ...]  # one data set per source, each <root>/<split>/<class>/*.jpg
     architecture: str
     run_dir: Path
     export_dir: Path | None = None  # where <name>.keras and <name>.json go (e.g. weights/<task>); default run_dir
     name: str | None = None  # model name; default the architecture
     input_size: tuple[int, int] = (224, 224)
+    input_crop: str = "lungs"  # "lungs": every image cropped to its lungs' box, as the card tells inference
+    lungs_weights: Path | None = None  # weights folder holding lungs/ (the X-ray segmenter); default ./weights
     batch_size: int = 32
     head_epochs: int = 30  # stage 1 of transfer models (cheap on precomputed features)
     head_lr: float = 1e-3
@@ -101,9 +108,13 @@ class TrainConfig:
     command: str = ""  # the command line that started the run, for the model card
 
     def __post_init__(self) -> None:
-        self.data_dir, self.run_dir = Path(self.data_dir), Path(self.run_dir)
+        self.data_dirs, self.run_dir = tuple(Path(d) for d in self.data_dirs), Path(self.run_dir)
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         problems = [problem for problem in [task_problem(self.task)] if problem]
+        if not self.data_dirs:
+            problems.append("at least one data set is needed")
+        if self.input_crop not in INPUT_CROPS:
+            problems.append(f"input_crop must be one of {INPUT_CROPS}, not {self.input_crop!r}")
         if self.monitor not in MONITORS:
             problems.append(f"monitor must be one of {list(MONITORS)}, not {self.monitor!r}")
         if not (self.finetune_blocks == "all" or (isinstance(self.finetune_blocks, int) and self.finetune_blocks >= 0)):
@@ -169,12 +180,33 @@ def plan_stages(config: TrainConfig) -> list[Stage]:
     return [stage for stage in stages if stage.epochs > 0]
 
 
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """n / (classes * n_c): every class contributes the same total weight to the loss."""
-    counts = np.bincount(labels, minlength=num_classes)
-    if np.any(counts == 0):
-        raise TrainingError(f"every class needs training images; counts per class are {counts.tolist()}")
-    return {c: float(len(labels) / (num_classes * counts[c])) for c in range(num_classes)}
+def loss_weights(split: datasets.SplitData) -> dict[str, dict[str, float]]:
+    """Per source and class, the loss weight of one image (the weights average 1 over the split).
+
+    Within a source every class contributes the same total weight; a source's
+    share of the loss grows with the square root of its size.
+    """
+    sources = split.source_names()
+    share = np.sqrt([np.sum(split.sources == source) for source in sources])
+    share /= share.sum()
+    weights: dict[str, dict[str, float]] = {}
+    for source, source_share in zip(sources, share, strict=True):
+        counts = split.counts_by_source()[source]
+        missing = [name for name, count in counts.items() if count == 0]
+        if missing:
+            raise TrainingError(f"every class needs training images; {source} has none of {missing}")
+        weights[source] = {
+            name: float(source_share * len(split) / (len(counts) * count)) for name, count in counts.items()
+        }
+    return weights
+
+
+def image_weights(split: datasets.SplitData, weights: dict[str, dict[str, float]]) -> np.ndarray:
+    """The loss weight of every image of `split`."""
+    return np.array(
+        [weights[source][split.classes[label]] for source, label in zip(split.sources, split.labels, strict=True)],
+        dtype=np.float32,
+    )
 
 
 @keras.saving.register_keras_serializable(package="lungviz")
@@ -339,7 +371,7 @@ def _fit_stage(
     run: _Run,
     train: datasets.SplitData,
     val: datasets.SplitData,
-    class_weights: dict[int, float],
+    train_weights: np.ndarray,
 ) -> None:
     config = run.config
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.CSVLogger(str(run.dir / HISTORY_FILE), append=True)]
@@ -352,6 +384,7 @@ def _fit_stage(
         data = {
             "x": train_x,
             "y": train.labels,
+            "sample_weight": train_weights,
             "validation_data": (val_x, val.labels),
             "batch_size": config.batch_size,
             "shuffle": True,
@@ -365,7 +398,9 @@ def _fit_stage(
             model.save_weights(run.dir / BEST_WEIGHTS)  # the previous stage's best, kept unless beaten
         callbacks.insert(0, keras.callbacks.ModelCheckpoint(str(run.dir / LAST_CHECKPOINT)))
         data = {
-            "x": datasets.training_dataset(train, config.batch_size, seed=config.seed, augment=config.augment),
+            "x": datasets.training_dataset(
+                train, config.batch_size, seed=config.seed, augment=config.augment, weights=train_weights
+            ),
             "validation_data": datasets.evaluation_dataset(val, config.batch_size),
             "shuffle": False,
         }
@@ -382,7 +417,6 @@ def _fit_stage(
         **data,
         epochs=stage.epochs,
         initial_epoch=run.state["epoch"],
-        class_weight=class_weights,
         callbacks=callbacks,
         verbose=config.verbose,
     )
@@ -428,12 +462,15 @@ def _starting_model(config: TrainConfig, run: _Run, num_classes: int) -> tuple[k
     return built.model, built
 
 
-def _split_sizes(config: TrainConfig, classes: tuple[str, ...]) -> dict[str, dict[str, int]]:
-    sizes = {}
-    for split in datasets.SPLITS:
-        if (config.data_dir / split).is_dir():
-            _, labels = datasets.list_split(config.data_dir, split, classes)
-            sizes[split] = {name: int(np.sum(labels == i)) for i, name in enumerate(classes)}
+def _split_sizes(config: TrainConfig, classes: tuple[str, ...]) -> dict[str, dict[str, dict[str, int]]]:
+    """Images per class of every split of every source: {source: {split: {class: n}}}."""
+    sizes: dict[str, dict[str, dict[str, int]]] = {}
+    for root in config.data_dirs:
+        sizes[root.name] = {}
+        for split in datasets.SPLITS:
+            if (root / split).is_dir():
+                _, labels = datasets.list_split(root, split, classes)
+                sizes[root.name][split] = {name: int(np.sum(labels == i)) for i, name in enumerate(classes)}
     return sizes
 
 
@@ -453,14 +490,11 @@ def _export(
         config.architecture, len(classes), config.input_size, pretrained=False, dropout=config.dropout
     ).model  # same graph, no optimizer state in the file
     fresh.set_weights(trained.get_weights())
-    try:
-        change = save_compact(fresh, model_path, gray_batch_to_input(val.images[:16]))
-        training_record["weights_dtype"], training_record["float16_max_output_change"] = "float16", change
-    except PrecisionLossError as error:  # save_compact has then written the float32 file instead
-        log.info("kept float32 weights: %s", error)
-        training_record["weights_dtype"] = "float32"
-    # Calibrate the model as the file holds it (half-precision weights), not the in-memory one.
-    shipped = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    stored = save_compact(fresh, model_path, gray_batch_to_input(val.images[:16]))
+    training_record["weights_dtype"] = stored.dtype
+    training_record["weights_max_output_change"] = stored.max_output_change
+    # Calibrate the model as the file holds it (compact weights), not the in-memory one.
+    shipped = load_compact(model_path)
 
     probabilities = raw_probabilities(shipped, val.images, "softmax")
     temperature = fit_temperature(probabilities, val.labels)
@@ -480,6 +514,7 @@ def _export(
         input_size=list(config.input_size),
         head="softmax",
         cam_layer=built.cam_layer,
+        input_crop=config.input_crop,
         threshold=point.threshold,
         threshold_rule=point.rule,
         calibration={"method": "temperature", "temperature": temperature, "fitted_on": "val"},
@@ -521,23 +556,26 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _train(config: TrainConfig, stages: list[Stage], run: _Run) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
-    classes = datasets.dataset_classes(config.data_dir, config.task)
-    train_split = datasets.load_split(config.data_dir, "train", classes, config.input_size)
-    val_split = datasets.load_split(config.data_dir, "val", classes, config.input_size)
-    class_weights = balanced_class_weights(train_split.labels, len(classes))
+    classes = datasets.dataset_classes(config.data_dirs[0], config.task)
+    cropper = datasets.lung_cropper(config.task, config.input_crop, config.run_dir.parent, config.lungs_weights)
+    train_split = datasets.load_split(config.data_dirs, "train", classes, config.input_size, cropper)
+    val_split = datasets.load_split(config.data_dirs, "val", classes, config.input_size, cropper)
+    weights = loss_weights(train_split)
     log.info(
-        "%s on %s: train %s, val %s, class weights %s",
+        "%s on %s: train %s, val %s, loss weights %s, lungs found in %s of %d training images",
         config.architecture,
-        config.data_dir,
-        train_split.counts(),
-        val_split.counts(),
-        class_weights,
+        ", ".join(str(d) for d in config.data_dirs),
+        train_split.counts_by_source(),
+        val_split.counts_by_source(),
+        weights,
+        "all" if train_split.lungs_found is None else int(train_split.lungs_found.sum()),
+        len(train_split),
     )
     model, built = _starting_model(config, run, len(classes))
     run.state.setdefault("initial_weights", built.weights_source)  # a resumed build has random weights
     for index in range(run.state["stage"], len(stages)):
         stage = stages[index]
-        _fit_stage(model, built, stage, run, train_split, val_split, class_weights)
+        _fit_stage(model, built, stage, run, train_split, val_split, image_weights(train_split, weights))
         run.state["finished"].append(_stage_record(stage, run.state, config.monitor))
         model.save(run.dir / LAST_CHECKPOINT)
         run.state["stage"] = index + 1
@@ -547,7 +585,11 @@ def _train(config: TrainConfig, stages: list[Stage], run: _Run) -> TrainResult:
     import tensorflow as tf
 
     record = {
-        "data_dir": config.data_dir.name,
+        "data_dirs": [root.name for root in config.data_dirs],
+        "input_crop": config.input_crop,
+        "lungs_found": None
+        if config.input_crop == "none"
+        else {split.name: split.lungs_found_counts() for split in (train_split, val_split)},
         "split_sizes": _split_sizes(config, classes),
         "input_size": list(config.input_size),
         "recipe": {
@@ -555,7 +597,7 @@ def _train(config: TrainConfig, stages: list[Stage], run: _Run) -> TrainResult:
             "batch_size": config.batch_size,
             "optimizer": "Adam",
             "loss": "sparse categorical cross-entropy",
-            "class_weights": dict(zip(classes, class_weights.values(), strict=False)),
+            "loss_weights": weights,
             "augmentation": dict(datasets.AUGMENTATION) if config.augment else None,
             "seed": config.seed,
             "monitor": config.monitor,

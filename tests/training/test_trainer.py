@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -8,12 +9,14 @@ import pytest
 from lungviz.errors import TrainingError
 from lungviz.models.cards import ModelCard
 from lungviz.models.outputs import apply_temperature
+from lungviz.models.storage import load_compact
 from lungviz.training import trainer as training
 from lungviz.training.calibration import THRESHOLD_RULE
-from lungviz.training.datasets import iterate_batches, load_split
+from lungviz.training.datasets import SplitData, iterate_batches, load_split
 from lungviz.training.trainer import (
     TrainConfig,
-    balanced_class_weights,
+    image_weights,
+    loss_weights,
     plan_stages,
     train,
 )
@@ -30,7 +33,7 @@ def data_dir(tmp_path_factory):
 def _config(data_dir, run_dir, **change) -> TrainConfig:
     fields = {
         "task": "xray-pneumonia",
-        "data_dir": data_dir,
+        "data_dirs": (data_dir,),
         "architecture": "simple_cnn",
         "run_dir": run_dir,
         "input_size": (32, 32),
@@ -61,7 +64,7 @@ def test_simple_cnn_learns_the_task_and_writes_model_and_card(trained, data_dir)
     assert card.threshold_rule == THRESHOLD_RULE
     assert card.calibration["method"] == "temperature"
     assert card.file_size_bytes == trained.model_path.stat().st_size
-    model = keras.models.load_model(trained.model_path, compile=False, safe_mode=True)
+    model = load_compact(trained.model_path)
     assert len(model.get_layer(card.cam_layer).output.shape) == 4
     test = load_split(data_dir, "test", CLASSES, (32, 32))
     raw = np.concatenate([np.asarray(model(b)) for b in iterate_batches(test.images, 8)])
@@ -71,18 +74,21 @@ def test_simple_cnn_learns_the_task_and_writes_model_and_card(trained, data_dir)
 
 def test_card_records_how_the_model_was_trained(trained, data_dir):
     record = trained.card.training
-    assert record["data_dir"] == data_dir.name
+    assert record["data_dirs"] == [data_dir.name]
     assert record["command"] == "pytest run"
     assert record["split_sizes"] == {
-        split: {"NORMAL": n, "PNEUMONIA": n} for split, n in (("train", 30), ("val", 10), ("test", 12))
+        data_dir.name: {split: {"NORMAL": n, "PNEUMONIA": n} for split, n in (("train", 30), ("val", 10), ("test", 12))}
     }
+    # blobs are not chests: the segmenter finds no lungs, so every image was used whole
+    assert record["input_crop"] == trained.card.input_crop == "lungs"
+    assert record["lungs_found"] == {"train": {"found": 0, "images": 60}, "val": {"found": 0, "images": 20}}
     recipe = record["recipe"]
-    assert recipe["class_weights"] == {"NORMAL": 1.0, "PNEUMONIA": 1.0}
+    assert recipe["loss_weights"] == {data_dir.name: {"NORMAL": 1.0, "PNEUMONIA": 1.0}}
     assert recipe["seed"] == 42
     assert recipe["augmentation"]["flips"] == "none"
     assert recipe["batch_size"] == 4
-    assert record["weights_dtype"] == "float16"
-    assert record["float16_max_output_change"] <= 2e-3
+    assert record["weights_dtype"] in {"int8-per-channel", "float16"}
+    assert record["weights_max_output_change"] <= 2e-3
     (stage,) = recipe["stages"]
     assert stage["name"] == "scratch"
     assert 1 <= stage["best_epoch"] <= stage["epochs_run"] <= 6
@@ -143,12 +149,39 @@ def test_transfer_model_trains_head_on_features_then_fine_tunes_top_blocks(data_
     assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in backbone.layers)
 
 
-def test_balanced_class_weights_equalise_class_totals():
-    labels = np.array([0] * 10 + [1] * 30)
-    weights = balanced_class_weights(labels, 2)
-    assert weights[0] * 10 == pytest.approx(weights[1] * 30) == pytest.approx(20)
+def _split_of(cells: dict[tuple[str, int], int]) -> SplitData:
+    """A split with `cells[(source, label)]` blank images per source and class."""
+    sources = np.array([source for (source, _), n in cells.items() for _ in range(n)], object)
+    labels = np.array([label for (_, label), n in cells.items() for _ in range(n)])
+    return SplitData(
+        "train", CLASSES, (Path("x"),) * len(labels), np.zeros((len(labels), 2, 2), np.uint8), labels, sources
+    )
+
+
+def test_loss_weights_balance_classes_within_a_source_and_sources_by_square_root_of_size():
+    # a large pediatric source (100 / 300) and a small adult one (20 / 5): 400 and 25 images
+    split = _split_of({("kids", 0): 100, ("kids", 1): 300, ("adults", 0): 20, ("adults", 1): 5})
+    weights = loss_weights(split)
+    per_image = image_weights(split, weights)
+    assert per_image.mean() == pytest.approx(1.0)
+    totals = {
+        (s, c): per_image[(split.sources == s) & (split.labels == c)].sum() for s in ("kids", "adults") for c in (0, 1)
+    }
+    assert totals["kids", 0] == pytest.approx(totals["kids", 1])
+    assert totals["adults", 0] == pytest.approx(totals["adults", 1])
+    adult_share = (totals["adults", 0] + totals["adults", 1]) / per_image.sum()
+    assert adult_share == pytest.approx(np.sqrt(25) / (np.sqrt(25) + np.sqrt(400)))  # 0.2, not 25/425 = 0.06
+    assert weights["adults"] == {
+        "NORMAL": pytest.approx(adult_share * 425 / 40),
+        "PNEUMONIA": pytest.approx(adult_share * 425 / 10),
+    }
+
+
+def test_one_source_gets_plain_balanced_class_weights_and_an_empty_class_is_refused():
+    weights = loss_weights(_split_of({("only", 0): 10, ("only", 1): 30}))
+    assert weights == {"only": {"NORMAL": pytest.approx(2.0), "PNEUMONIA": pytest.approx(2 / 3)}}
     with pytest.raises(TrainingError, match="every class"):
-        balanced_class_weights(np.zeros(5, int), 2)
+        loss_weights(_split_of({("only", 0): 5, ("other", 0): 2, ("other", 1): 2}))
 
 
 @pytest.mark.parametrize(
