@@ -41,7 +41,8 @@ def _evaluation_note(card: ModelCard) -> str:
     """Where the test metrics come from, in one line: data, class counts, calibration error, interval method."""
     metrics, parts = card.metrics, []
     if counts := metrics.get("test_counts"):
-        where = f"{metrics['data_dir']} test split" if metrics.get("data_dir") else "Test split"
+        sources = metrics.get("data_dirs") or [metrics[key] for key in ("data_dir",) if metrics.get(key)]
+        where = f"{' + '.join(sources)} test splits" if sources else "Test split"
         parts.append(f"{where}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
     if metrics.get("ece") is not None:
         parts.append(f"expected calibration error {metrics['ece']:.3f}")
@@ -85,6 +86,22 @@ def _localisation_rows(card: ModelCard) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _subgroup_rows(card: ModelCard) -> list[dict[str, Any]]:
+    """One row per source and view the card was also scored on, at the same threshold."""
+    rows = []
+    for group, scored in card.metrics.get("subgroups", {}).items():
+        counts = scored["counts"]
+        row: dict[str, Any] = {
+            "test images": group,
+            card.positive_class: counts["positive"],
+            "others": counts["negative"],
+        }
+        for metric in ("roc_auc", "sensitivity", "specificity"):
+            row[metric] = _with_interval(scored["metrics"][metric]) if "metrics" in scored else "n/a (one class)"
+        rows.append(row)
+    return rows
+
+
 def _plain(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -116,6 +133,9 @@ def show_card(card: ModelCard) -> None:
             if confusion := _confusion_rows(card):
                 right.markdown("**Confusion matrix at the threshold (test)**")
                 right.dataframe(confusion, hide_index=True)
+        if subgroups := _subgroup_rows(card):
+            st.markdown("**Per source and view position** (pooled metrics above)")
+            st.dataframe(subgroups, hide_index=True)
         if localisation := _localisation_rows(card):
             st.markdown(f"**Where its heatmaps of {literal(card.positive_class)} point** (annotated findings)")
             st.dataframe(localisation, hide_index=True)

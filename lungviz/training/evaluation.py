@@ -4,7 +4,13 @@ Each model is scored exactly as the dashboard uses it: its raw output is
 calibrated with the card's temperature and cut at the card's threshold. The
 ensemble averages the members' calibrated class probabilities; its threshold is
 chosen on the validation split by the same rule the trainer uses for single
-models, so no test image influences any operating point. Metrics carry
+models, so no test image influences any operating point. With several
+sources (e.g. pediatric and adult radiographs), every model is also scored on
+each source's test split alone, and within each view position where a
+source's labels.csv records it (NIH: PA and AP): where the views are
+confounded with the class, a model that learnt the view instead of the lungs
+shows it there. Images are cropped to their lungs as each model's card says,
+as the dashboard crops them. Metrics carry
 stratified bootstrap 95% intervals with a fixed seed and inference runs with a
 fixed batch size, so running `evaluate` again reproduces the numbers that
 `update_card_metrics` wrote into the cards.
@@ -26,11 +32,13 @@ from lungviz.reporting.tables import format_with_ci
 from lungviz.tasks import get_task
 from lungviz.training import metrics
 from lungviz.training.calibration import THRESHOLD_RULE, choose_threshold
-from lungviz.training.datasets import SplitData, iterate_batches, load_split
+from lungviz.training.datasets import SplitData, iterate_batches, labels_column, load_split, lung_cropper
 
 ENSEMBLE = "ensemble"
 EVALUATION_BATCH_SIZE = 32
 SUMMARY_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc", "pr_auc")
+SUBGROUP_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
+VIEW_COLUMN = "view_position"
 
 
 def raw_probabilities(model, images: np.ndarray, head: str, batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
@@ -84,29 +92,69 @@ def _check_models(task: str, models: Sequence[tuple[ModelCard, Any]]) -> tuple[s
     return classes
 
 
+def subgroups(split: SplitData, roots: Sequence[Path]) -> dict[str, np.ndarray]:
+    """Masks of the images scored on their own: each source (when there are several) and each view within it."""
+    groups: dict[str, np.ndarray] = {}
+    sources = split.source_names()
+    views = labels_column(split, roots, VIEW_COLUMN)
+    for source in sources:
+        in_source = split.sources == source
+        if len(sources) > 1:
+            groups[source] = in_source
+        if views is not None:
+            for view in sorted({v for v in views[in_source] if v}):
+                groups[f"{source} {view}"] = in_source & (views == view)
+    return groups
+
+
+def _score_subgroups(
+    groups: dict[str, np.ndarray], truth: np.ndarray, p_positive: np.ndarray, threshold: float, **bootstrap
+) -> dict[str, Any]:
+    """Each subgroup's metrics at the model's threshold; a subgroup with one class only gets counts and a note."""
+    scored: dict[str, Any] = {}
+    for name, mask in groups.items():
+        counts = {"positive": int(truth[mask].sum()), "negative": int((~truth[mask]).sum())}
+        if min(counts.values()) == 0:
+            scored[name] = {"counts": counts, "note": "one class only: no ROC-AUC, sensitivity or specificity"}
+            continue
+        scored[name] = {
+            "counts": counts,
+            "metrics": metrics.metrics_with_ci(truth[mask], p_positive[mask], threshold, **bootstrap),
+            "confusion_matrix": metrics.confusion_matrix(truth[mask], p_positive[mask], threshold),
+        }
+    return scored
+
+
 def evaluate_task(
     task: str,
-    data_dir: Path,
+    data_dirs: Path | Sequence[Path],
     models: Sequence[tuple[ModelCard, Any]],
     out_dir: Path | None = None,
     *,
     batch_size: int = EVALUATION_BATCH_SIZE,
     resamples: int = metrics.BOOTSTRAP_RESAMPLES,
     seed: int = metrics.BOOTSTRAP_SEED,
+    lungs_weights: Path | None = None,
+    crop_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Test-split report for every (card, loaded Keras model) pair and, with two or more, their ensemble.
 
+    Pooled over the sources, then per source and per view (`subgroups`). Lung
+    crops use the segmenter in `lungs_weights` (default ./weights), with crop
+    boxes cached in `crop_cache` (default runs/<task>, shared with training).
     With out_dir, also writes report.json, summary.md and figures.html there.
     """
     classes = _check_models(task, models)
-    data_dir = Path(data_dir)
+    roots = [Path(data_dirs)] if isinstance(data_dirs, str | Path) else [Path(d) for d in data_dirs]
     positive = classes.index(get_task(task).positive_class)
-    splits: dict[tuple[str, tuple[int, int]], SplitData] = {}
+    splits: dict[tuple[str, tuple[int, int], str], SplitData] = {}
+    cache = crop_cache or Path("runs") / task
 
     def split_at(name: str, card: ModelCard) -> SplitData:
-        key = (name, (card.input_size[0], card.input_size[1]))
+        key = (name, (card.input_size[0], card.input_size[1]), card.input_crop)
         if key not in splits:
-            splits[key] = load_split(data_dir, name, classes, card.input_size)
+            cropper = lung_cropper(task, card.input_crop, cache, lungs_weights)
+            splits[key] = load_split(roots, name, classes, card.input_size, cropper)
         return splits[key]
 
     need_val = len(models) > 1
@@ -118,25 +166,33 @@ def evaluate_task(
     first = models[0][0]  # every input size lists the same files in the same order
     test = split_at("test", first)
     truth = test.labels == positive
+    groups = subgroups(test, roots)
+    bootstrap = {"resamples": resamples, "seed": seed}
     report: dict[str, Any] = {
         "task": task,
-        "data_dir": data_dir.name,
+        "data_dirs": [root.name for root in roots],
         "split": "test",
         "classes": list(classes),
         "positive_class": classes[positive],
         "test_counts": test.counts(),
+        "test_counts_by_source": test.counts_by_source(),
+        "lungs_found": {
+            card.name: split_at("test", card).lungs_found_counts() for card, _ in models if card.input_crop == "lungs"
+        },
         "batch_size": batch_size,
         "bootstrap": {"method": "stratified percentile", "resamples": resamples, "seed": seed, "level": 0.95},
         "models": {},
         "ensemble": None,
     }
     for card, _ in models:
-        entry = score(truth, test_p[card.name][:, positive], card.threshold, resamples=resamples, seed=seed)
+        p_positive = test_p[card.name][:, positive]
+        entry = score(truth, p_positive, card.threshold, **bootstrap)
         report["models"][card.name] = {
             "architecture": card.architecture,
             "threshold_rule": card.threshold_rule,
             "temperature": card.temperature,
             **entry,
+            "subgroups": _score_subgroups(groups, truth, p_positive, card.threshold, **bootstrap),
         }
     if need_val:
         val = split_at("val", first)
@@ -147,7 +203,8 @@ def evaluate_task(
             "members": [card.name for card, _ in models],
             "combination": "mean calibrated probability",
             "threshold_rule": THRESHOLD_RULE,
-            **score(truth, test_mean, point.threshold, resamples=resamples, seed=seed),
+            **score(truth, test_mean, point.threshold, **bootstrap),
+            "subgroups": _score_subgroups(groups, truth, test_mean, point.threshold, **bootstrap),
         }
     if out_dir is not None:
         write_report(report, Path(out_dir))
@@ -164,8 +221,9 @@ def update_card_metrics(card: ModelCard, report: dict[str, Any], *, save: bool =
         "ece": entry["ece"],
         "confusion_matrix": entry["confusion_matrix"],
         "threshold": entry["threshold"],
-        "data_dir": report["data_dir"],
+        "data_dirs": report["data_dirs"],
         "test_counts": report["test_counts"],
+        "subgroups": entry["subgroups"],
         "bootstrap": report["bootstrap"],
         "batch_size": report["batch_size"],
     }
@@ -188,7 +246,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
     """One row per model (and the ensemble): the headline metrics with their 95% intervals."""
     counts = ", ".join(f"{n} {name}" for name, n in report["test_counts"].items())
     lines = [
-        f"## {report['task']}: {report['data_dir']} test split ({counts})",
+        f"## {report['task']}: {' + '.join(report['data_dirs'])} test splits ({counts})",
         "",
         f"Positive class {report['positive_class']}. 95% intervals: {report['bootstrap']['method']} bootstrap, "
         f"{report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}.",
@@ -199,6 +257,19 @@ def summary_markdown(report: dict[str, Any]) -> str:
     for name, entry in _results(report).items():
         cells = " | ".join(format_with_ci(entry["metrics"][m]) for m in SUMMARY_METRICS)
         lines.append(f"| {name} | {entry['threshold']:.3f} | {cells} | {entry['ece']:.3f} |")
+    group_names = list(next(iter(_results(report).values()))["subgroups"])
+    if group_names:
+        lines += ["", "Per source and view (same thresholds):", ""]
+        lines += ["| model | subgroup | n (pos / neg) | " + " | ".join(SUBGROUP_METRICS) + " |"]
+        lines += ["|---|---|---|" + "---|" * len(SUBGROUP_METRICS)]
+        for name, entry in _results(report).items():
+            for group, scored in entry["subgroups"].items():
+                counts = f"{scored['counts']['positive']} / {scored['counts']['negative']}"
+                if "metrics" in scored:
+                    cells = " | ".join(format_with_ci(scored["metrics"][m]) for m in SUBGROUP_METRICS)
+                else:
+                    cells = " | ".join("n/a" for _ in SUBGROUP_METRICS)
+                lines.append(f"| {name} | {group} | {counts} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

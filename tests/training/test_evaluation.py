@@ -7,6 +7,7 @@ import pytest
 from lungviz.errors import EvaluationError
 from lungviz.models.architectures import build_model
 from lungviz.models.cards import ModelCard
+from lungviz.models.storage import load_compact
 from lungviz.reporting.tables import markdown_table
 from lungviz.training.calibration import THRESHOLD_RULE, choose_threshold
 from lungviz.training.datasets import load_split
@@ -14,6 +15,7 @@ from lungviz.training.evaluation import (
     ENSEMBLE,
     evaluate_task,
     predict_probabilities,
+    summary_markdown,
     update_card_metrics,
 )
 from lungviz.training.metrics import METRICS, binary_metrics
@@ -35,7 +37,7 @@ def models(data_dir, tmp_path_factory):
     trained = train(
         TrainConfig(
             task=TASK,
-            data_dir=data_dir,
+            data_dirs=(data_dir,),
             architecture="simple_cnn",
             run_dir=tmp_path_factory.mktemp("run"),
             input_size=SIZE,
@@ -63,7 +65,7 @@ def models(data_dir, tmp_path_factory):
     )
     untrained.save(untrained.card_path)
     return [
-        (card, keras.models.load_model(card.model_path, compile=False, safe_mode=True))
+        (card, load_compact(card.model_path))
         for card in (ModelCard.load(trained.card_path), ModelCard.load(untrained.card_path))
     ]
 
@@ -71,7 +73,7 @@ def models(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(data_dir, models, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return evaluate_task(TASK, data_dir, models, out, resamples=RESAMPLES), out
+    return evaluate_task(TASK, data_dir, models, out, resamples=RESAMPLES, crop_cache=out), out
 
 
 def test_report_scores_every_model_and_the_ensemble(report, models):
@@ -120,7 +122,7 @@ def test_card_metrics_are_reproduced_exactly_by_a_second_evaluation(report, mode
     report, _ = report
     card = update_card_metrics(models[0][0], report)
     saved = ModelCard.load(card.card_path)
-    again = evaluate_task(TASK, data_dir, models[:1], resamples=RESAMPLES)
+    again = evaluate_task(TASK, data_dir, models[:1], resamples=RESAMPLES, crop_cache=card.card_path.parent)
     assert saved.metrics["test"] == again["models"][card.name]["metrics"]
     assert saved.metrics["test"]["roc_auc"] == report["models"][card.name]["metrics"]["roc_auc"]
     assert again["ensemble"] is None
@@ -135,3 +137,37 @@ def test_models_of_another_task_are_refused(models, data_dir):
         evaluate_task(TASK, data_dir, [])
     with pytest.raises(EvaluationError, match="unique"):
         evaluate_task(TASK, data_dir, [models[0], models[0]])
+
+
+@pytest.fixture(scope="module")
+def second_source(tmp_path_factory):
+    """Another hospital's test images with a labels.csv recording each film's view, as NIH's does."""
+    root = write_blob_dataset(tmp_path_factory.mktemp("adults") / "adults", CLASSES, {"val": 4, "test": 8}, seed=9)
+    rows = ["file,split,label,view_position"]
+    for split in ("val", "test"):
+        for name in CLASSES:
+            for index, file in enumerate(sorted((root / split / name).iterdir())):
+                rows.append(f"{split}/{name}/{file.name},{split},{name},{'PA' if index % 2 else 'AP'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_several_sources_are_scored_pooled_each_and_per_view(data_dir, second_source, models, tmp_path):
+    report = evaluate_task(TASK, [data_dir, second_source], models, resamples=RESAMPLES, crop_cache=tmp_path)
+    assert report["data_dirs"] == [data_dir.name, "adults"]
+    assert report["test_counts"] == {"non-COVID": 23, "COVID": 23}
+    assert report["test_counts_by_source"]["adults"] == {"non-COVID": 8, "COVID": 8}
+    for entry in (*report["models"].values(), report["ensemble"]):
+        groups = entry["subgroups"]
+        assert list(groups) == [data_dir.name, "adults", "adults AP", "adults PA"]
+        assert groups["adults"]["counts"] == {"positive": 8, "negative": 8}
+        assert groups["adults AP"]["counts"] == groups["adults PA"]["counts"] == {"positive": 4, "negative": 4}
+        # the pooled confusion matrix is the sum of the sources' ones
+        pooled = np.add(groups[data_dir.name]["confusion_matrix"], groups["adults"]["confusion_matrix"])
+        np.testing.assert_array_equal(pooled, entry["confusion_matrix"])
+    only_one = [data_dir, second_source]
+    single = evaluate_task(TASK, only_one[:1], models[:1], resamples=RESAMPLES, crop_cache=tmp_path)
+    assert single["models"]["simple-cnn"]["subgroups"] == {}
+    trained = report["models"]["simple-cnn"]["subgroups"]["adults"]["metrics"]["roc_auc"]["value"]
+    assert trained > 0.8  # the blob is the same finding at the other hospital
+    assert "| simple-cnn | adults PA | 4 / 4 |" in summary_markdown(report)
