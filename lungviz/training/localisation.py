@@ -134,3 +134,39 @@ def localisation_scores(classifier: Classifier, images: Sequence[AnnotatedImage]
         "region_share_of_image": region_share,
         "tolerance_share_of_side": POINTING_TOLERANCE,
     }
+
+
+def compare_layers(
+    classifier: Classifier, images: Sequence[AnnotatedImage], layers: Sequence[str], method: str
+) -> dict[str, dict[str, Any]]:
+    """Localisation scores of `method` at each of `layers` the model has (others are skipped)."""
+    names = {layer.name for layer in _all_layers(classifier.model)}
+    return {
+        layer: localisation_scores(
+            Classifier(replace(classifier.card, cam_layer=layer), classifier.model), images, method
+        )
+        for layer in layers
+        if layer in names
+    }
+
+
+def best_layer(scores_by_layer: dict[str, dict[str, Any]]) -> str:
+    """The layer whose maps point at the findings most often; more heat inside breaks a tie."""
+    if not scores_by_layer:
+        raise DatasetError("no candidate layer to choose from")
+
+    def rank(layer: str) -> tuple[float, float]:
+        scores = scores_by_layer[layer]
+        return scores["pointing_hit_rate"]["value"], scores["heat_inside"]["value"]
+
+    return max(scores_by_layer, key=rank)
+
+
+def _all_layers(model) -> list[Any]:
+    """Every layer, including those inside nested backbones (where transfer models keep their CAM layers)."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if hasattr(layer, "layers"):
+            found.extend(_all_layers(layer))
+    return found

@@ -7,8 +7,16 @@ import cv2
 import numpy as np
 import pytest
 
-from lungviz.inference.prediction import ModelResult
-from lungviz.training.localisation import covid_qu_ex_infections, localisation_scores, nih_boxes
+from lungviz.errors import DatasetError
+from lungviz.inference.prediction import Classifier, ModelResult
+from lungviz.training.localisation import (
+    best_layer,
+    compare_layers,
+    covid_qu_ex_infections,
+    localisation_scores,
+    nih_boxes,
+)
+from tests.model_factory import nested_sigmoid_model, write_model
 
 
 def _write_rows(path, rows):
@@ -88,3 +96,26 @@ def test_a_peak_just_outside_counts_within_the_tolerance_and_not_beyond():
     far = localisation_scores(_PeakAt(60, 60), _annotated(), "gradcam")
     assert far["pointing_hit_rate"]["value"] == 0.0
     assert far["heat_inside"]["value"] < 0.01
+
+
+def _scores(hit: float, inside: float) -> dict:
+    return {"pointing_hit_rate": {"value": hit}, "heat_inside": {"value": inside}}
+
+
+def test_the_best_layer_points_most_often_and_heat_inside_breaks_ties():
+    assert best_layer({"a": _scores(0.2, 0.5), "b": _scores(0.4, 0.1)}) == "b"
+    assert best_layer({"a": _scores(0.4, 0.3), "b": _scores(0.4, 0.1)}) == "a"
+    with pytest.raises(DatasetError, match="no candidate"):
+        best_layer({})
+
+
+def test_layers_are_compared_on_a_real_model_nested_layers_included_and_absent_ones_skipped(tmp_path):
+    model = nested_sigmoid_model()
+    card = write_model(tmp_path, "xray-pneumonia", "nested", model, head="sigmoid", cam_layer="base_last_conv")
+    classifier = Classifier(card, model)
+    scored = compare_layers(classifier, _annotated(2), ["base_conv1", "base_last_conv", "no_such_layer"], "gradcam")
+    assert list(scored) == ["base_conv1", "base_last_conv"]
+    for scores in scored.values():
+        assert scores["images"] == 2
+        assert 0.0 <= scores["heat_inside"]["value"] <= 1.0
+    assert classifier.card.cam_layer == "base_last_conv"  # the shipped card is not changed by comparing
