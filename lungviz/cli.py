@@ -141,8 +141,23 @@ def _build_parser() -> argparse.ArgumentParser:
 
     gate = commands.add_parser("gate", help="fit or evaluate the modality / out-of-distribution gate")
     gate.add_argument("action", choices=["fit", "evaluate"])
-    gate.add_argument("--xray", type=Path, required=True, help="chest X-ray data set (train/val/test folders)")
-    gate.add_argument("--ct", type=Path, required=True, help="chest CT data set (train/val/test folders)")
+    gate.add_argument(
+        "--xray", type=Path, action="append", required=True, help="chest X-ray data set (train/val/test); repeatable"
+    )
+    gate.add_argument(
+        "--ct",
+        type=Path,
+        action="append",
+        required=True,
+        help="chest CT data set (train/val/test), or DICOM CT file(s): a .dcm or a folder of them; repeatable",
+    )
+    gate.add_argument(
+        "--leave-one-source-out",
+        action="store_true",
+        help="evaluate: fit without each source in turn and route its images (needs two sources of a modality)",
+    )
+    gate.add_argument("--cache", type=Path, default=None, help="folder to keep image features in between runs")
+    gate.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     gate.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     gate.set_defaults(handler=_run_gate)
     return parser
@@ -219,20 +234,29 @@ def _run_gate(args: argparse.Namespace) -> int:
     from lungviz.training import gate as gate_fitting
 
     root = args.weights or weights_dir()
-    data_dirs = {"xray": args.xray, "ct": args.ct}
-    for folder in data_dirs.values():
-        _require_folder(folder, "data")
+    sources = [gate_fitting.GateSource("xray", p) for p in args.xray] + [
+        gate_fitting.GateSource("ct", p) for p in args.ct
+    ]
+    for source in sources:
+        source.check()
     if args.action == "fit":
-        report = gate_fitting.train_gate(data_dirs, root / modality.GATE_DIR)
+        print(json.dumps(gate_fitting.train_gate(sources, root / modality.GATE_DIR, cache=args.cache), indent=2))
+        return 0
+    card = modality.gate_card(root)
+    results: dict[str, object]
+    if args.leave_one_source_out:
+        rows = gate_fitting.evaluate_leave_one_source_out(sources, cache=args.cache)
+        print(json.dumps(rows, indent=2) if args.json else gate_fitting.leave_one_source_out_table(rows))
+        results = {"leave_one_source_out": rows}
     else:
-        gate, card = modality.load_gate(root), modality.gate_card(root)
+        gate = modality.load_gate(root)
         if gate is None or card is None:
             raise UsageError(f"no gate in {root / modality.GATE_DIR}; run 'gate fit' first")
-        report = gate_fitting.evaluate_gate(gate, data_dirs)
-        (root / modality.GATE_DIR / modality.CARD_FILE).write_text(
-            json.dumps({**card, "evaluation": report}, indent=2) + "\n"
-        )
-    print(json.dumps(report, indent=2))
+        evaluation = gate_fitting.evaluate_gate(gate, sources)
+        print(json.dumps(evaluation, indent=2) if args.json else gate_fitting.evaluation_table(evaluation))
+        results = {"evaluation": evaluation}
+    if card is not None:  # the rates belong on the card of the gate they describe
+        (root / modality.GATE_DIR / modality.CARD_FILE).write_text(json.dumps({**card, **results}, indent=2) + "\n")
     return 0
 
 

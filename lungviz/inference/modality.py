@@ -36,6 +36,22 @@ UNSPECIFIED_DICOM_MODALITIES = {"", "OT", "SC"}
 """DICOM Modality values that say nothing about the picture (other, secondary capture): the gate decides."""
 
 
+def embed_images(
+    embedding: Callable[[np.ndarray], Any], images: Iterable[np.ndarray], batch_size: int = 32, width: int = 0
+) -> np.ndarray:
+    """Features (n, d) of [0, 1] grayscale images at any size, made into model inputs the way uploads are;
+    shared by the gate and its fitting so both see identical inputs. `width` shapes the empty result."""
+    batches, batch = [], []
+    for pixels in images:
+        batch.append(image_to_input(pixels, INPUT_SIZE)[0])
+        if len(batch) == batch_size:
+            batches.append(np.asarray(embedding(np.stack(batch))))
+            batch = []
+    if batch:
+        batches.append(np.asarray(embedding(np.stack(batch))))
+    return np.concatenate(batches) if batches else np.zeros((0, width), np.float32)
+
+
 @dataclass(frozen=True)
 class ModalityAssessment:
     """What the image is, how sure, and where that came from ("dicom", "gate" or "none")."""
@@ -86,15 +102,7 @@ class ModalityGate:
         return np.sqrt(((inside / self.scale) ** 2).sum(-1) + residual / self.residual_variance)
 
     def embed(self, images: Iterable[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        batches, batch = [], []
-        for pixels in images:
-            batch.append(image_to_input(pixels, INPUT_SIZE)[0])
-            if len(batch) == batch_size:
-                batches.append(np.asarray(self.embedding(np.stack(batch))))
-                batch = []
-        if batch:
-            batches.append(np.asarray(self.embedding(np.stack(batch))))
-        return np.concatenate(batches) if batches else np.zeros((0, self.class_means.shape[1]), np.float32)
+        return embed_images(self.embedding, images, batch_size, self.class_means.shape[1])
 
     def assess(self, pixels: np.ndarray) -> ModalityAssessment:
         distances = self.distances(self.embed([pixels]))[0]

@@ -1,33 +1,247 @@
 """Fitting and measuring the modality gate (`lungviz.inference.modality` applies it).
 
-The gate is fitted on training images of each modality, its threshold is set
-on validation images, and `evaluate_gate` reports how test images of both
-modalities and non-chest pictures are routed.
+The gate is fitted on several sources per modality (pediatric and adult X-rays,
+cropped JPEG CT slices and full-field DICOM CT renderings), each image also seen
+through random re-framings (zoom in and out with film borders and markers,
+windows, gamma, blur, JPEG re-encoding), because a chest image from an unseen
+hospital differs from the training ones mostly in framing and intensity. The
+threshold is set on validation images of the fitted sources only.
+
+`leave_one_source_out` measures what matters for uploads: fit without one
+source, then ask how that source's images are routed; non-chest pictures
+(photos, documents, micrographs, other body parts and modalities) are never
+fitted on, so every one of them is unseen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from lungviz.errors import DatasetError
 from lungviz.inference.modality import (
     CARD_FILE,
     EMBEDDING_FILE,
-    INPUT_SIZE,
     STATS_FILE,
     ModalityGate,
+    embed_images,
 )
 from lungviz.models.backbones.efficientnet_lite import build_efficientnet_lite
 from lungviz.models.storage import save_compact
 from lungviz.tasks import MODALITIES
 from lungviz.training import datasets
 
+SPLITS = ("train", "val", "test")
+AUGMENTATION_VERSION = "2"
+"""Part of the feature cache key: bump it when `augment` changes."""
+AUGMENTATION = (
+    "per image: random crop (60-100% of the area, aspect 0.8-1.25); with p=0.5 zoom out onto a 1.05-1.6x canvas "
+    "filled black, white, grey or edge-replicated, with p=0.5 a bright corner marker or letter; rotation up to "
+    "8 degrees (p=0.3); a random intensity window (clip 0-15% at each end) and gamma exp(N(0, 0.35)); blur or "
+    "noise (p=0.3); downscale to 160-512 px and JPEG re-encoding at quality 30-95 (p=0.6)"
+)
+
+
+_NEED_TWO_SOURCES = "leave-one-source-out needs two sources of at least one modality (e.g. --xray A --xray B)"
+
+
+class GateDataError(DatasetError):
+    """A gate source that cannot be read or a leave-one-source-out that cannot be run as asked."""
+
+
+@dataclass(frozen=True)
+class GateSource:
+    """One labelled collection of chest images of one modality.
+
+    A folder with train/val/test class folders, or DICOM files (one file, or a
+    folder of .dcm): DICOM renderings have no splits, so they are fitted on
+    whole and only tested when their source is held out.
+    """
+
+    modality: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path.is_file() else self.path.name
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.path.is_file() or not (self.path / "train").is_dir()
+
+    def check(self) -> None:
+        if self.modality not in MODALITIES:
+            raise GateDataError(f"unknown modality {self.modality!r}; the gate knows {', '.join(MODALITIES)}")
+        if not self.path.exists():
+            raise GateDataError(f"{self.modality} source {self.path} does not exist")
+        if self.is_dicom and not self._dicom_files():
+            raise GateDataError(f"{self.path} has neither train/val/test class folders nor .dcm files")
+
+    def _dicom_files(self) -> list[Path]:
+        return [self.path] if self.path.is_file() else sorted(self.path.glob("*.dcm"))
+
+    def images(self, split: str, limit: int | None, seed: int) -> list[np.ndarray]:
+        """[0, 1] grayscale images of one split (a seeded sample of at most `limit`), longer side <= 512 px."""
+        if self.is_dicom:
+            return dicom_renderings(self._dicom_files()) if split == "train" else []
+        paths, _ = datasets.list_split(self.path, split, datasets.dataset_classes(self.path))
+        if limit is not None and len(paths) > limit:
+            paths = [paths[i] for i in np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))]
+        return [_read_gray(path) for path in paths]
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise GateDataError(f"cannot read image {path}")
+    return _limit_size(image.astype(np.float32) / 255.0)
+
+
+def _limit_size(pixels: np.ndarray, longest: int = 512) -> np.ndarray:
+    scale = longest / max(pixels.shape)
+    if scale >= 1:
+        return pixels
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def dicom_renderings(paths: Sequence[Path]) -> list[np.ndarray]:
+    """Each DICOM file as an upload shows it: its own window, then the lung, mediastinum and bone presets for CT."""
+    from lungviz.inference.images import CT_WINDOWS, load_image
+
+    renderings = []
+    for path in paths:
+        data = Path(path).read_bytes()
+        first = load_image(data, Path(path).name)
+        renderings.append(_limit_size(first.pixels))
+        if first.modality_hint == "ct":
+            renderings += [_limit_size(load_image(data, Path(path).name, window=w).pixels) for w in CT_WINDOWS]
+    return renderings
+
+
+def augment(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random re-framing of a [0, 1] grayscale image: see AUGMENTATION (recorded on the card)."""
+    image: np.ndarray = np.asarray(pixels, np.float32)
+    height, width = image.shape
+    area, aspect = rng.uniform(0.6, 1.0), np.exp(rng.uniform(np.log(0.8), np.log(1.25)))
+    crop_h = min(height, max(8, round(height * np.sqrt(area / aspect))))
+    crop_w = min(width, max(8, round(width * np.sqrt(area * aspect))))
+    top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
+    image = image[top : top + crop_h, left : left + crop_w]
+    if rng.random() < 0.5:
+        image = _zoom_out(image, rng)
+    if rng.random() < 0.3:
+        centre = (image.shape[1] / 2, image.shape[0] / 2)
+        turn = cv2.getRotationMatrix2D(centre, rng.uniform(-8, 8), 1.0)
+        image = cv2.warpAffine(image, turn, image.shape[::-1], borderMode=cv2.BORDER_REPLICATE)
+    low, high = np.quantile(image, [rng.uniform(0, 0.15), 1 - rng.uniform(0, 0.15)])
+    image = np.clip((image - low) / max(high - low, 1e-3), 0, 1) ** np.exp(rng.normal(0, 0.35))
+    if rng.random() < 0.3:
+        if rng.random() < 0.5:
+            image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.5))
+        else:
+            image = np.clip(image + rng.normal(0, rng.uniform(0.01, 0.05), image.shape), 0, 1)
+    if rng.random() < 0.6:
+        image = _jpeg(_limit_size(image.astype(np.float32), int(rng.integers(160, 513))), int(rng.integers(30, 96)))
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def _zoom_out(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image on a larger canvas: the borders, collimation and markers of a wide film or a full-field slice."""
+    factor = rng.uniform(1.05, 1.6)
+    height, width = image.shape
+    pad_h, pad_w = round(height * (factor - 1)), round(width * (factor - 1))
+    top, left = int(rng.integers(0, pad_h + 1)), int(rng.integers(0, pad_w + 1))
+    fill = rng.choice(["black", "white", "grey", "edge"])
+    mode = cv2.BORDER_REPLICATE if fill == "edge" else cv2.BORDER_CONSTANT
+    value = {"black": 0.0, "white": 1.0, "grey": float(rng.uniform(0.2, 0.8)), "edge": 0.0}[fill]
+    canvas = cv2.copyMakeBorder(image, top, pad_h - top, left, pad_w - left, mode, value=value)
+    if rng.random() < 0.5:
+        size = max(4, round(min(canvas.shape) * rng.uniform(0.04, 0.1)))
+        x, y = int(rng.integers(0, canvas.shape[1] - size)), int(rng.integers(0, canvas.shape[0] - size))
+        if rng.random() < 0.5:
+            canvas[y : y + size, x : x + size] = 1.0
+        else:
+            letters = np.zeros(canvas.shape, np.uint8)  # OpenCV draws text on 8-bit images only
+            cv2.putText(letters, str(rng.choice(["L", "R", "AP", "PA"])), (x, y + size), 0, size / 25, 255, 2)
+            canvas[letters > 0] = 1.0
+    return canvas
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    _, encoded = cv2.imencode(".jpg", np.rint(image * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return np.asarray(cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE), np.float32) / 255.0
+
+
+@dataclass
+class SourceFeatures:
+    """Embeddings of one source: `fit` (plain + augmented training images), `val` (plain + augmented),
+    `test` (its own test split, plain) and `test_augmented` (the same re-framed)."""
+
+    modality: str
+    fit: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    test_augmented: np.ndarray
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def unseen(self) -> np.ndarray:
+        """Every plain image of the source, for when it is held out: none of them shaped the gate."""
+        plain = self.counts.get("train_plain", len(self.fit))
+        return _stack([self.fit[:plain], self.val[: self.counts.get("val_plain", len(self.val))], self.test])
+
+    def unseen_reframed(self) -> np.ndarray:
+        """Re-framed images of the held-out source: its test split's, or (DICOM: no test split) its training ones."""
+        return self.test_augmented if len(self.test_augmented) else self.fit[self.counts.get("train_plain", 0) :]
+
+
+def embed_source(
+    embedding: Callable[[np.ndarray], Any],
+    source: GateSource,
+    *,
+    per_source: int = 600,
+    copies: int = 2,
+    seed: int = 0,
+    cache: Path | None = None,
+) -> SourceFeatures:
+    """Embed a source's splits with `copies` augmented versions of each training image (one per
+    validation and test image); cached as .npz in `cache`, keyed by everything that shapes them."""
+    key = f"{source.modality}|{source.path.resolve()}|{per_source}|{copies}|{seed}|{AUGMENTATION_VERSION}"
+    cached = None if cache is None else cache / f"gate-{source.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+    if cached is not None and cached.is_file():
+        with np.load(cached) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    else:
+        arrays = {}
+        for split, split_copies in zip(SPLITS, (copies, 1, 1), strict=True):
+            images = source.images(split, per_source if split == "train" else None, seed)
+            rng = np.random.default_rng([seed, SPLITS.index(split)])
+            varied = [augment(image, rng) for _ in range(split_copies) for image in images]
+            arrays[f"{split}_plain"] = embed_images(embedding, images)
+            arrays[f"{split}_augmented"] = embed_images(embedding, varied)
+        if cached is not None:
+            cache.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            np.savez(cached, **arrays)
+    return SourceFeatures(
+        source.modality,
+        fit=np.concatenate([arrays["train_plain"], arrays["train_augmented"]]),
+        val=np.concatenate([arrays["val_plain"], arrays["val_augmented"]]),
+        test=arrays["test_plain"],
+        test_augmented=arrays["test_augmented"],
+        counts={name: len(values) for name, values in arrays.items()},
+    )
+
 
 def fit_gate(
-    embedding,
+    embedding: Callable[[np.ndarray], Any] | None,
     features_by_modality: dict[str, np.ndarray],
     validation: dict[str, np.ndarray],
     *,
@@ -39,6 +253,11 @@ def fit_gate(
     The threshold is the `quantile` of validation images' distance to their
     nearest modality, so about 1 - quantile of real chest images are called other.
     """
+    for modality in MODALITIES:
+        if len(features_by_modality.get(modality, ())) < 2:
+            raise GateDataError(f"the gate needs training images of every modality; {modality} has none")
+    if not any(len(validation.get(m, ())) for m in MODALITIES):
+        raise GateDataError("the gate needs validation images to set its threshold")
     train = np.concatenate([features_by_modality[m] for m in MODALITIES]).astype(np.float64)
     labels = np.concatenate([np.full(len(features_by_modality[m]), i) for i, m in enumerate(MODALITIES)])
     class_means = np.stack([train[labels == i].mean(axis=0) for i in range(len(MODALITIES))])
@@ -48,120 +267,309 @@ def fit_gate(
     components = min(components, len(variances) - 1)
     residual_variance = float(variances[components:].sum() / max(train.shape[1] - components, 1))
     gate = ModalityGate(
-        embedding, class_means, vt[:components].T, np.sqrt(variances[:components]), max(residual_variance, 1e-12), 1.0
+        embedding,  # type: ignore[arg-type]  # None only where a test measures distances alone
+        class_means,
+        vt[:components].T,
+        np.sqrt(variances[:components]),
+        max(residual_variance, 1e-12),
+        1.0,
     )
-    val = np.concatenate([validation[m] for m in MODALITIES]).astype(np.float64)
+    val = _stack([validation.get(m, np.zeros((0, 0))) for m in MODALITIES]).astype(np.float64)
     gate.threshold = float(np.quantile(gate.distances(val).min(axis=1), quantile))
     return gate
 
 
-def _split_features(gate_embedding, data_dir: Path, split: str, limit: int | None, seed: int) -> np.ndarray:
-    """Embeddings of (a seeded sample of) one split of a folder-per-class data set."""
-    data = datasets.load_split(data_dir, split, datasets.dataset_classes(data_dir), INPUT_SIZE)
-    images = data.images
-    if limit is not None and len(images) > limit:
-        images = images[np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))]
-    return np.concatenate([np.asarray(gate_embedding(batch)) for batch in datasets.iterate_batches(images, 32)])
+def fit_on_sources(
+    embedding: Callable[[np.ndarray], Any] | None, features: dict[str, SourceFeatures], **options: Any
+) -> ModalityGate:
+    """The gate fitted on every given source: each modality pools its sources' fit and validation features."""
+    by_modality = {m: [f for f in features.values() if f.modality == m] for m in MODALITIES}
+    fit = {m: _stack([f.fit for f in group]) for m, group in by_modality.items()}
+    val = {m: _stack([f.val for f in group]) for m, group in by_modality.items()}
+    return fit_gate(embedding, fit, val, **options)
 
 
-def build_embedding():
+def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows of the non-empty arrays (a DICOM source has no validation rows, and no known width)."""
+    filled = [a for a in arrays if len(a)]
+    return np.concatenate(filled) if filled else np.zeros((0, 0))
+
+
+def routing_rates(gate: ModalityGate, features: np.ndarray, modality: str | None) -> dict[str, Any]:
+    """Shares routed to `modality`, called other, and sent to the wrong modality (None: non-chest images)."""
+    if not len(features):
+        return {"images": 0, "called_other": None} | (
+            {} if modality is None else {"routed": None, "wrong_modality": None}
+        )
+    distances = gate.distances(np.asarray(features, np.float64))
+    nearest = distances.argmin(axis=1)
+    other = distances.min(axis=1) / gate.threshold > 1.0
+    if modality is None:
+        return {"images": len(features), "called_other": float(np.mean(other))}
+    right = nearest == MODALITIES.index(modality)
+    return {
+        "images": len(features),
+        "routed": float(np.mean(right & ~other)),
+        "called_other": float(np.mean(other)),
+        "wrong_modality": float(np.mean(~right & ~other)),
+    }
+
+
+def leave_one_source_out(
+    features: dict[str, SourceFeatures], non_chest: dict[str, np.ndarray], **options: Any
+) -> list[dict[str, Any]]:
+    """For each source whose modality keeps another source: fit without it (threshold on the remaining
+    sources' validation images), then route all its plain images and its re-framed test images, and
+    measure every non-chest family (never fitted on) under that gate too."""
+    rows = []
+    for held_out, own in features.items():
+        rest = {name: f for name, f in features.items() if name != held_out}
+        if not any(f.modality == own.modality for f in rest.values()):
+            continue
+        gate = fit_on_sources(None, rest, **options)
+        non_chest_rates = {family: routing_rates(gate, f, None) for family, f in non_chest.items()}
+        rows.append(
+            {
+                "held_out": held_out,
+                "modality": own.modality,
+                "fitted_on": sorted(rest),
+                "threshold": gate.threshold,
+                "unseen": routing_rates(gate, own.unseen(), own.modality),
+                "unseen_reframed": routing_rates(gate, own.unseen_reframed(), own.modality),
+                "non_chest": non_chest_rates,
+                "non_chest_summary": summarise_non_chest(non_chest_rates),
+            }
+        )
+    if not rows:
+        raise GateDataError(_NEED_TWO_SOURCES)
+    return rows
+
+
+def build_embedding() -> Any:
     """ImageNet EfficientNet-Lite0 with global average pooling: the gate's feature extractor."""
     import keras
 
-    backbone = build_efficientnet_lite("efficientnet_lite0", (*INPUT_SIZE, 3), include_top=False)
+    backbone = build_efficientnet_lite("efficientnet_lite0", (224, 224, 3), include_top=False)
     pooled = keras.layers.GlobalAveragePooling2D(name="embedding")(backbone.output)
     return keras.Model(backbone.input, pooled, name="modality_embedding")
 
 
-def train_gate(data_dirs: dict[str, Path], out_dir: Path, *, per_modality: int = 800, seed: int = 0) -> dict[str, Any]:
-    """Fit the gate on training images of each modality, threshold it on validation, save it."""
+def compiled(model: Any) -> Callable[[np.ndarray], Any]:
+    """The embedding as one traced graph: thousands of eager calls of ~100 layers cost several times more."""
+    import tensorflow as tf
+
+    return tf.function(lambda batch: model(batch, training=False), input_signature=[tf.TensorSpec((None, 224, 224, 3))])
+
+
+def _to_gray(image: np.ndarray) -> np.ndarray:
+    import skimage.color
+
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim == 3:
+        image = skimage.color.rgb2gray(image[..., :3] / (255.0 if image.max() > 1 else 1.0))
+    span = image.max() - image.min()
+    return ((image - image.min()) / (span if span else 1.0)).astype(np.float32)
+
+
+NATURAL_FAMILIES = {
+    "photos": ["astronaut", "camera", "cat", "coffee", "horse", "rocket", "stereo_motorcycle", "clock", "coins"],
+    "textures": ["brick", "grass", "gravel"],
+    "documents_and_graphics": ["page", "text", "logo", "checkerboard", "colorwheel", "binary_blobs"],
+    "science": ["moon", "hubble_deep_field", "cell", "immunohistochemistry", "shepp_logan_phantom"],
+}
+"""scikit-image's bundled pictures (no download), grouped into families that are held out together."""
+
+OTHER_BODY_PARTS = {
+    "head_ct": ["693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm"],
+    "mr": ["MR_small.dcm", "examples_overlay.dcm"],
+    "ultrasound": ["examples_jpeg2k.dcm", "examples_rgb_color.dcm", "examples_ybr_color.dcm"],
+    "nuclear_whole_body": ["JPEG2000.dcm"],
+}
+"""pydicom's bundled test images that show another body part or modality, rendered the way an upload is."""
+OTHER_BODY_PART_FAMILIES = (*OTHER_BODY_PARTS, "retina")
+"""Families that are medical images of something else; the rest are natural pictures (the two targets differ)."""
+
+
+def summarise_non_chest(rates: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pooled share called other for natural pictures and for other body parts / modalities."""
+    groups = {
+        "natural": [f for f in rates if f not in OTHER_BODY_PART_FAMILIES],
+        "other_body_parts": [f for f in rates if f in OTHER_BODY_PART_FAMILIES],
+    }
+    summary = {}
+    for group, families in groups.items():
+        images = sum(rates[f]["images"] for f in families)
+        other = sum(rates[f]["images"] * rates[f]["called_other"] for f in families if rates[f]["images"])
+        summary[group] = {"images": images, "called_other": other / images if images else None}
+    return summary
+
+
+def natural_images() -> dict[str, np.ndarray]:
+    """Images that are not chest X-rays or CT slices, as [0, 1] grayscale: scikit-image's bundled
+    photos, documents, micrographs and a head phantom, plus scikit-learn's two photos (no download)."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    images = {}
+    for family in NATURAL_FAMILIES.values():
+        for name in family:
+            picture = (
+                skimage.data.stereo_motorcycle()[0] if name == "stereo_motorcycle" else getattr(skimage.data, name)()
+            )
+            images[name] = _to_gray(picture)
+    for name, picture in zip(("china", "flower"), load_sample_images().images, strict=True):
+        images[name] = _to_gray(picture)
+    return images
+
+
+def non_chest_images() -> dict[str, dict[str, np.ndarray]]:
+    """Every non-chest picture at hand, by family: scikit-image photos etc., faces, retinas, and pydicom's
+    head CT, MR, ultrasound and nuclear-medicine images (other body parts and modalities)."""
+    import pydicom.data
+    import skimage.data
+
+    natural = natural_images()
+    families = {family: {n: natural[n] for n in names} for family, names in NATURAL_FAMILIES.items()}
+    families["photos"].update(china=natural["china"], flower=natural["flower"])
+    faces = skimage.data.lfw_subset()
+    families["faces"] = {f"face_{i}": _to_gray(faces[i]) for i in range(0, len(faces), 10)}
+    families["retina"] = {n: _to_gray(getattr(skimage.data, n)()) for n in ("retina", "microaneurysms")}
+    for family, files in OTHER_BODY_PARTS.items():
+        families[family] = {}
+        for file in files:
+            for index, pixels in enumerate(dicom_renderings([Path(str(pydicom.data.get_testdata_file(file)))])):
+                families[family][f"{file}#{index}"] = pixels
+    return families
+
+
+def bundled_dicom_ct() -> Path:
+    """pydicom's CT_small.dcm: a real full-field axial chest CT slice, the only DICOM chest CT at hand."""
+    import pydicom.data
+
+    return Path(str(pydicom.data.get_testdata_file("CT_small.dcm")))
+
+
+def gather_features(
+    embedding: Callable[[np.ndarray], Any], sources: Sequence[GateSource], **options: Any
+) -> dict[str, SourceFeatures]:
+    """Features of every source by name (names must differ: they label the evaluation)."""
+    for source in sources:
+        source.check()
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise GateDataError(f"gate sources need distinct folder names, got {names}")
+    return {source.name: embed_source(embedding, source, **options) for source in sources}
+
+
+def non_chest_features(embed: Callable[[list[np.ndarray]], np.ndarray]) -> dict[str, np.ndarray]:
+    """Features of every non-chest family; `embed` maps a list of [0, 1] images to features."""
+    return {family: embed(list(images.values())) for family, images in non_chest_images().items()}
+
+
+def evaluate_gate(gate: ModalityGate, sources: Sequence[GateSource], *, seed: int = 0) -> dict[str, Any]:
+    """The shipped gate, with its own embedding, on each source's test split (plain and re-framed, the
+    same re-framings as fitting draws) and on every non-chest family. DICOM sources have no test split."""
+    report: dict[str, Any] = {}
+    for source in sources:
+        source.check()
+        images = source.images("test", None, seed)
+        if not images:
+            continue
+        rng = np.random.default_rng([seed, SPLITS.index("test")])
+        report[source.name] = {
+            "modality": source.modality,
+            "test": routing_rates(gate, gate.embed(images), source.modality),
+            "test_reframed": routing_rates(gate, gate.embed([augment(i, rng) for i in images]), source.modality),
+        }
+    report["non_chest"] = {family: routing_rates(gate, f, None) for family, f in non_chest_features(gate.embed).items()}
+    report["non_chest_summary"] = summarise_non_chest(report["non_chest"])
+    return report
+
+
+def evaluate_leave_one_source_out(
+    sources: Sequence[GateSource], *, cache: Path | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
+    """`leave_one_source_out` on freshly embedded sources (the float32 embedding the gate is fitted with)."""
+    modalities = [source.modality for source in sources]
+    if all(modalities.count(m) < 2 for m in MODALITIES):
+        raise GateDataError(_NEED_TWO_SOURCES)
+    embedding = compiled(build_embedding())
+    features = gather_features(embedding, sources, seed=seed, cache=cache)
+    return leave_one_source_out(features, non_chest_features(partial(embed_images, embedding)))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def leave_one_source_out_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per held-out source: how its images are routed, then non-chest families called other."""
+    lines = [
+        "held-out source             modality  images  routed   other  wrong | re-framed: images  routed   other",
+    ]
+    for row in rows:
+        plain, reframed = row["unseen"], row["unseen_reframed"]
+        lines.append(
+            f"{row['held_out']:<27} {row['modality']:<8} {plain['images']:>7} {_percent(plain['routed']):>7}"
+            f" {_percent(plain['called_other']):>7} {_percent(plain['wrong_modality']):>6} |"
+            f" {reframed['images']:>17} {_percent(reframed['routed']):>7} {_percent(reframed['called_other']):>7}"
+        )
+    lines += ["", "non-chest family called other, under each leave-one-out gate:"]
+    for family in rows[0]["non_chest"]:
+        rates = " ".join(f"{_percent(row['non_chest'][family]['called_other']):>8}" for row in rows)
+        lines.append(f"  {family:<25} ({rows[0]['non_chest'][family]['images']:>3} images) {rates}")
+    for group in rows[0]["non_chest_summary"]:
+        rates = " ".join(f"{_percent(row['non_chest_summary'][group]['called_other']):>8}" for row in rows)
+        lines.append(f"  {'= ' + group:<25} ({rows[0]['non_chest_summary'][group]['images']:>3} images) {rates}")
+    lines.append("  (columns: " + ", ".join(f"without {row['held_out']}" for row in rows) + ")")
+    return "\n".join(lines)
+
+
+def evaluation_table(report: dict[str, Any]) -> str:
+    """The shipped gate's rates per source test split and per non-chest family."""
+    lines = ["source test split           modality  images  routed   other  wrong | re-framed routed"]
+    for name, entry in report.items():
+        if name.startswith("non_chest"):
+            continue
+        test, reframed = entry["test"], entry["test_reframed"]
+        lines.append(
+            f"{name:<27} {entry['modality']:<8} {test['images']:>7} {_percent(test['routed']):>7}"
+            f" {_percent(test['called_other']):>7} {_percent(test['wrong_modality']):>6} |"
+            f" {_percent(reframed['routed']):>16}"
+        )
+    lines.append("")
+    for family, rates in {**report["non_chest"], **report["non_chest_summary"]}.items():
+        lines.append(f"{family:<27} {rates['images']:>3} images called other {_percent(rates['called_other'])}")
+    return "\n".join(lines)
+
+
+def train_gate(
+    sources: Sequence[GateSource], out_dir: Path, *, cache: Path | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Fit the gate on every source (with augmentation), threshold it on validation, measure and save it."""
     embedding = build_embedding()
-    train = {m: _split_features(embedding, data_dirs[m], "train", per_modality, seed) for m in MODALITIES}
-    val = {m: _split_features(embedding, data_dirs[m], "val", None, seed) for m in MODALITIES}
-    gate = fit_gate(embedding, train, val)
+    features = gather_features(compiled(embedding), sources, seed=seed, cache=cache)
+    gate = fit_on_sources(embedding, features)
     card = {
-        "method": "EfficientNet-Lite0 ImageNet features, PCA-whitened; nearest modality mean under a shared "
-        "covariance; out-of-distribution score = distance / threshold",
-        "training": {
-            m: {"data": data_dirs[m].name, "train_images": len(train[m]), "val_images": len(val[m])} for m in MODALITIES
+        "method": "EfficientNet-Lite0 ImageNet features, PCA-whitened (32 components + isotropic residual); "
+        "nearest modality mean under a shared covariance; out-of-distribution score = distance / threshold",
+        "sources": {
+            name: {"modality": f.modality, "path": str(s.path.name), **f.counts}
+            for (name, f), s in zip(features.items(), sources, strict=True)
         },
-        "threshold_rule": "99.5th percentile of validation images' distance to their nearest modality",
+        "augmentation": AUGMENTATION,
+        "threshold_rule": "99.5th percentile of the fitted sources' validation images' (plain and augmented) "
+        "distance to their nearest modality; DICOM renderings have no validation split",
         "threshold": gate.threshold,
     }
     save_gate(gate, out_dir, card)
     return card
 
 
-def natural_images() -> dict[str, np.ndarray]:
-    """Images that are not chest X-rays or CT slices, as [0, 1] grayscale: scikit-image's bundled
-    photos, documents, a retina and micrographs (no download needed)."""
-    import skimage.color
-    import skimage.data
-
-    names = [
-        "astronaut",
-        "brick",
-        "camera",
-        "cat",
-        "checkerboard",
-        "clock",
-        "coffee",
-        "coins",
-        "colorwheel",
-        "grass",
-        "gravel",
-        "horse",
-        "logo",
-        "microaneurysms",
-        "moon",
-        "page",
-        "retina",
-        "rocket",
-        "text",
-        "immunohistochemistry",
-        "hubble_deep_field",
-        "shepp_logan_phantom",
-        "cell",
-        "binary_blobs",
-    ]
-    images = {}
-    for name in names:
-        image = np.asarray(getattr(skimage.data, name)(), dtype=np.float64)
-        if image.ndim == 3:
-            image = skimage.color.rgb2gray(image[..., :3] / (255.0 if image.max() > 1 else 1.0))
-        span = image.max() - image.min()
-        images[name] = ((image - image.min()) / (span if span else 1.0)).astype(np.float32)
-    return images
-
-
-def evaluate_gate(gate: ModalityGate, data_dirs: dict[str, Path]) -> dict[str, Any]:
-    """Rates on the test splits of both modalities and on natural images."""
-    report: dict[str, Any] = {}
-    for modality in MODALITIES:
-        features = _split_features(gate.embedding, data_dirs[modality], "test", None, 0)
-        distances = gate.distances(features)
-        nearest = distances.argmin(axis=1)
-        other = distances.min(axis=1) / gate.threshold > 1.0
-        report[modality] = {
-            "images": len(features),
-            "correct": float(np.mean((nearest == MODALITIES.index(modality)) & ~other)),
-            "called_other": float(np.mean(other)),
-            "called_wrong_modality": float(np.mean((nearest != MODALITIES.index(modality)) & ~other)),
-        }
-    natural = natural_images()
-    verdicts = {name: gate.assess(pixels) for name, pixels in natural.items()}
-    report["natural"] = {
-        "images": len(natural),
-        "called_other": float(np.mean([v.predicted == "other" for v in verdicts.values()])),
-        "missed": {n: v.to_dict() for n, v in verdicts.items() if v.predicted != "other"},
-    }
-    return report
-
-
 def save_gate(gate: ModalityGate, folder: Path, card: dict[str, Any]) -> None:
     """Write the embedding (int8 or float16 where its features stay within tolerance), the statistics and the card."""
     folder.mkdir(parents=True, exist_ok=True)
-    probe = np.random.default_rng(0).uniform(0, 255, (4, *INPUT_SIZE, 3)).astype(np.float32)
+    probe = np.random.default_rng(0).uniform(0, 255, (4, 224, 224, 3)).astype(np.float32)
     stored = save_compact(gate.embedding, folder / EMBEDDING_FILE, probe, tolerance=0.1)  # features lie in [0, 6]
     card["weights_dtype"], card["weights_max_feature_change"] = stored.dtype, stored.max_output_change
     np.savez(
