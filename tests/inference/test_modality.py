@@ -106,13 +106,22 @@ def test_shipped_gate_calls_natural_images_other(shipped_gate):
     assert np.mean([v == "other" for v in verdicts]) >= 0.9
 
 
-def test_shipped_gate_on_real_test_images(shipped_gate, shared_data):
+@pytest.mark.parametrize(
+    ("modality", "folder"),
+    [("xray", "kermany_chest_xray_pneumonia"), ("xray", "nih_chestxray14_pneumonia"), ("ct", "sars_cov2_ct")],
+)
+def test_shipped_gate_on_real_test_images(shipped_gate, shared_data, modality, folder):
     from lungviz.training import datasets
 
-    for modality, folder in [("xray", "kermany_chest_xray_pneumonia"), ("ct", "sars_cov2_ct")]:
-        data = datasets.load_split(
-            shared_data / folder, "test", datasets.dataset_classes(shared_data / folder), (224, 224)
-        )
-        sample = data.images[:: max(1, len(data.images) // 40)]
-        verdicts = [shipped_gate.assess(image / 255.0).predicted for image in sample]
-        assert np.mean([v == modality for v in verdicts]) >= 0.9
+    data = datasets.load_split(shared_data / folder, "test", datasets.dataset_classes(shared_data / folder), (224, 224))
+    sample = data.images[:: max(1, len(data.images) // 40)]
+    verdicts = [shipped_gate.assess(image / 255.0).predicted for image in sample]
+    assert np.mean([v == modality for v in verdicts]) >= 0.9
+
+
+def test_shipped_gate_routes_a_full_field_dicom_ct_slice_shown_as_a_picture(shipped_gate):
+    """CT_small.dcm rendered as an upload shows it, then judged on its pixels alone (as a PNG export would be)."""
+    from lungviz.training.gate import bundled_dicom_ct, dicom_renderings
+
+    verdicts = [shipped_gate.assess(pixels).predicted for pixels in dicom_renderings([bundled_dicom_ct()])]
+    assert verdicts.count("ct") >= 3, verdicts
