@@ -130,10 +130,10 @@ def _build_parser() -> argparse.ArgumentParser:
     localise.add_argument("--methods", default="gradcam", help="comma-separated explanation methods")
     localise.add_argument("--models", default=None, help="comma-separated model names (default: all X-ray models)")
     localise.add_argument(
-        "--compare-layers",
-        default=None,
-        help="comma-separated candidate CAM layers: each model is scored (Grad-CAM, first annotated source) at "
-        "each layer it has; with --update-cards the best becomes its card's cam_layer",
+        "--choose-cam-layer",
+        action="store_true",
+        help="score each model's Grad-CAM at its CAM layer and its architecture's other candidates on the first "
+        "annotated source; the best is used (and, with --update-cards, written into the card)",
     )
     localise.add_argument("--update-cards", action="store_true", help="write the scores into the model cards")
     localise.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
@@ -288,6 +288,7 @@ def _run_localisation(args: argparse.Namespace) -> int:
 
     from lungviz.inference.explanations import check_method
     from lungviz.inference.prediction import Classifier
+    from lungviz.models.architectures import get_architecture
     from lungviz.models.registry import select_cards
     from lungviz.training.localisation import (
         best_layer,
@@ -317,8 +318,9 @@ def _run_localisation(args: argparse.Namespace) -> int:
     layer_report: dict[str, dict[str, object]] = {}
     for card in cards:
         classifier = session.classifier(card)
-        if candidates := _names(args.compare_layers):
+        if args.choose_cam_layer:
             first_source, annotated = next(iter(sources.items()))
+            candidates = [card.cam_layer, *get_architecture(card.architecture).other_cam_layers]
             by_layer = compare_layers(classifier, annotated, candidates, "gradcam")
             chosen = best_layer(by_layer)
             layer_report[card.name] = {"scored_on": first_source, "layers": by_layer, "chosen": chosen}

@@ -289,21 +289,30 @@ class Architecture:
 
     `transfer` architectures start from a pretrained backbone and train in two
     stages (head, then fine-tuning); the others train from scratch in one.
+    `other_cam_layers` are the layers `lungviz localisation --choose-cam-layer`
+    weighs against the builder's default (the last layer one resolution up:
+    maps twice as fine, features less abstract), so each shipped model's
+    CAM layer is chosen by where its maps point.
     """
 
     name: str
     family: str
     builder: _Builder
     transfer: bool = True
+    other_cam_layers: tuple[str, ...] = ()
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     architecture.name: architecture
     for architecture in (
-        Architecture(SIMPLE_CNN, "from-scratch CNN", _simple_cnn, transfer=False),
-        *(Architecture(name, "EfficientNet-Lite", _efficientnet_lite) for name in EFFICIENTNET_LITE),
-        Architecture(VGG16, "VGG", _vgg16),
-        *(Architecture(name, family, _nsfwjs) for name, family in NSFWJS_FAMILIES.items()),
+        Architecture(SIMPLE_CNN, "from-scratch CNN", _simple_cnn, transfer=False, other_cam_layers=("block4_relu",)),
+        *(
+            Architecture(name, "EfficientNet-Lite", _efficientnet_lite, other_cam_layers=("block6a_expand_activation",))
+            for name in EFFICIENTNET_LITE
+        ),
+        Architecture(VGG16, "VGG", _vgg16, other_cam_layers=("block4_conv3",)),
+        Architecture("mobilenetv2", "MobileNetV2", _nsfwjs, other_cam_layers=("block_13_expand_relu",)),
+        Architecture("inceptionv3", "InceptionV3", _nsfwjs, other_cam_layers=("mixed7",)),
         *(Architecture(name, entry.constructor, _keras_application) for name, entry in KERAS_APPLICATIONS.items()),
     )
 }
