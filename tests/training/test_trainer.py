@@ -14,6 +14,7 @@ from lungviz.training import trainer as training
 from lungviz.training.calibration import THRESHOLD_RULE
 from lungviz.training.datasets import SplitData, iterate_batches, load_split
 from lungviz.training.trainer import (
+    STORAGE_TOLERANCE,
     TrainConfig,
     image_weights,
     loss_weights,
@@ -88,7 +89,8 @@ def test_card_records_how_the_model_was_trained(trained, data_dir):
     assert recipe["augmentation"]["flips"] == "none"
     assert recipe["batch_size"] == 4
     assert record["weights_dtype"] in {"int8-per-channel", "float16"}
-    assert record["weights_max_output_change"] <= 2e-3
+    assert record["weights_max_output_change"] <= record["weights_tolerance"] == STORAGE_TOLERANCE
+    assert record["weights_tried"][record["weights_dtype"]] == record["weights_max_output_change"]
     (stage,) = recipe["stages"]
     assert stage["name"] == "scratch"
     assert 1 <= stage["best_epoch"] <= stage["epochs_run"] <= 6
