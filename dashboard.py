@@ -44,6 +44,7 @@ from lungviz.inference.images import (
 )
 from lungviz.inference.prediction import PREDICTED, ModelResult
 from lungviz.inference.session import AUTO, Analysis, AnalysisSession, shared_session
+from lungviz.models.cards import ModelCard
 from lungviz.models.registry import weights_dir
 from lungviz.reporting.export import OverlayNames, overlay_filename, png_bytes, to_csv, to_json_lines
 from lungviz.reporting.figures import comparison_chart, probability_chart
@@ -56,6 +57,7 @@ from lungviz.reporting.overlay import (
     outline_region,
     render_overlay,
 )
+from lungviz.reporting.tables import model_summary
 
 CUSTOM_WINDOW = "custom"
 UPLOADER = "uploads"  # the file uploader's key in st.session_state
@@ -283,10 +285,12 @@ def show_metadata(image: ChestImage) -> None:
         st.table([{"field": key, "value": literal(value)} for key, value in image.metadata.items()])
 
 
-def show_model(upload: Upload, image: ChestImage, result: ModelResult, controls: Controls) -> np.ndarray:
-    """One model's column; returns its overlay (RGB) for the downloads."""
+def show_model(
+    upload: Upload, image: ChestImage, result: ModelResult, card: ModelCard, controls: Controls
+) -> np.ndarray:
+    """One model's column, headed by what tells architectures apart; returns its overlay (RGB) for the downloads."""
     st.subheader(result.name)
-    st.caption(result.architecture)
+    st.caption(model_summary(card))
     rgb = overlay(image, result, controls)
     st.image(rgb, caption=f"{METHODS[result.method].label} for {result.explained_class}", width="stretch")
     positive = result.positive_class
@@ -349,9 +353,10 @@ def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> t
         st.info(f"No {analysis.task} model is selected in the sidebar.")
         return analysis, {}
     overlays = {}
+    cards = {card.name: card for card in session.cards[analysis.task]}
     for column, result in zip(st.columns(max(len(analysis.results), MIN_COLUMNS)), analysis.results, strict=False):
         with column:
-            overlays[result.name] = show_model(upload, image, result, controls)
+            overlays[result.name] = show_model(upload, image, result, cards[result.name], controls)
     st.markdown(f"**All models on {literal(upload.name)}**")
     st.plotly_chart(comparison_chart(analysis.results), key=f"comparison-{upload.key}")
     return analysis, overlays

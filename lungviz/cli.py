@@ -287,6 +287,7 @@ def _run_localisation(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from lungviz.inference.explanations import check_method
+    from lungviz.inference.explanations.graph import cam_resolution
     from lungviz.inference.prediction import Classifier
     from lungviz.models.architectures import get_architecture
     from lungviz.models.registry import select_cards
@@ -325,7 +326,7 @@ def _run_localisation(args: argparse.Namespace) -> int:
             chosen = best_layer(by_layer)
             layer_report[card.name] = {"scored_on": first_source, "layers": by_layer, "chosen": chosen}
             if chosen != card.cam_layer:
-                card = replace(card, cam_layer=chosen)
+                card = replace(card, cam_layer=chosen, cam_resolution=cam_resolution(classifier.model, chosen))
                 classifier = Classifier(card, classifier.model)
         report[card.name] = {
             source: {method: localisation_scores(classifier, images, method) for method in methods}

@@ -33,6 +33,11 @@ class ModelCard:
     head: str
     cam_layer: str
     input_crop: str = "none"
+    family: str = ""
+    """The architecture family (from the architecture registry), so pages can group models by it."""
+    parameters: int | None = None
+    cam_resolution: list[int] | None = None
+    """[height, width] of the CAM layer's feature map: how coarse the heatmaps are before upsampling."""
     threshold: float = 0.5
     threshold_rule: str = "fixed 0.5"
     calibration: dict[str, Any] = field(default_factory=lambda: {"method": "none", "temperature": 1.0})

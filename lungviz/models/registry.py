@@ -25,7 +25,7 @@ def weights_dir() -> Path:
 
 
 def discover(root: Path | None = None) -> dict[str, list[ModelCard]]:
-    """All model cards under `root`, grouped by task, sorted by name.
+    """All model cards under `root`, grouped by task, sorted by architecture family, then name.
 
     A broken card is an error (not silently skipped): a shipped model that
     vanished from the dashboard would be worse than a loud failure.
@@ -39,7 +39,7 @@ def discover(root: Path | None = None) -> dict[str, list[ModelCard]]:
         if not card.model_path.is_file():
             raise ModelCardError(f"{card_path}: model file {card.file!r} is missing")
         found[card.task].append(card)
-    return found
+    return {task: sorted(cards, key=lambda card: (card.family, card.name)) for task, cards in found.items()}
 
 
 def select_cards(cards: list[ModelCard], names: list[str] | None) -> list[ModelCard]:

@@ -31,20 +31,44 @@ def _metric(card: ModelCard, key: str) -> str:
     return format_with_ci(card.metrics.get("test", {}).get(key))
 
 
+def subgroup_aucs(card: ModelCard) -> str:
+    """The card's ROC-AUC on each source and view it was also scored on, e.g. 'kermany 0.96; nih PA 0.81'."""
+    parts = []
+    for group, scored in card.metrics.get("subgroups", {}).items():
+        value = scored.get("metrics", {}).get("roc_auc", {}).get("value")
+        parts.append(f"{group.replace('_', ' ')} {'n/a' if value is None else f'{value:.3f}'}")
+    return "; ".join(parts) or "-"
+
+
+def model_summary(card: ModelCard) -> str:
+    """One line that heads a model's column: family, size, input, CAM resolution, test ROC-AUC."""
+    parts = [card.family or card.architecture]
+    if card.parameters:
+        parts.append(f"{card.parameters / 1e6:.1f} M parameters")
+    parts.append(f"input {card.input_size[0]} x {card.input_size[1]}")
+    if card.cam_resolution:
+        parts.append(f"CAM {card.cam_resolution[0]} x {card.cam_resolution[1]}")
+    if auc := card.metrics.get("test", {}).get("roc_auc"):
+        parts.append(f"test ROC-AUC {auc['value']:.3f}")
+    return " · ".join(parts)
+
+
 def markdown_table(cards_by_task: dict[str, list[ModelCard]]) -> str:
     """README's table of shipped models, one row per card."""
     rows = [
-        "| task | model | architecture | input | threshold | T | accuracy (95% CI) | ROC-AUC (95% CI) "
-        "| sensitivity | specificity | size |",
-        "|---|---|---|---|---:|---:|---|---|---|---|---:|",
+        "| task | model | family | input | threshold | T | accuracy (95% CI) | ROC-AUC (95% CI) "
+        "| sensitivity | specificity | ROC-AUC per source and view | storage |",
+        "|---|---|---|---|---:|---:|---|---|---|---|---|---:|",
     ]
     for task, cards in cards_by_task.items():
         for card in cards:
+            dtype = card.training.get("weights_dtype", "")
             rows.append(
-                f"| {task} | {card.name} | {card.architecture} | {card.input_size[0]}x{card.input_size[1]} "
+                f"| {task} | {card.name} | {card.family or card.architecture} "
+                f"| {card.input_size[0]}x{card.input_size[1]} "
                 f"| {card.threshold:.3f} | {card.temperature:.2f} | {_metric(card, 'accuracy')} "
                 f"| {_metric(card, 'roc_auc')} | {_metric(card, 'sensitivity')} | {_metric(card, 'specificity')} "
-                f"| {card.file_size_bytes / 1e6:.1f} MB |"
+                f"| {subgroup_aucs(card)} | {card.file_size_bytes / 1e6:.1f} MB {dtype} |"
             )
     return "\n".join(rows)
 

@@ -37,6 +37,7 @@ import keras
 import numpy as np
 
 from lungviz.errors import TrainingError
+from lungviz.inference.explanations.graph import cam_resolution
 from lungviz.models.architectures import (
     HEAD_LAYERS,
     POOL_LAYER,
@@ -523,6 +524,9 @@ def _export(
         head="softmax",
         cam_layer=built.cam_layer,
         input_crop=config.input_crop,
+        family=get_architecture(config.architecture).family,
+        parameters=int(fresh.count_params()),
+        cam_resolution=cam_resolution(fresh, built.cam_layer),
         threshold=point.threshold,
         threshold_rule=point.rule,
         calibration={"method": "temperature", "temperature": temperature, "fitted_on": "val"},

@@ -3,11 +3,16 @@
 import numpy as np
 import pytest
 
+from lungviz.inference.explanations.graph import cam_resolution
 from lungviz.models.registry import DEFAULT_WEIGHTS_DIR, discover, load_model
 from lungviz.reporting.tables import README_BEGIN, README_END, markdown_table
 
 SHIPPED = [card for cards in discover(DEFAULT_WEIGHTS_DIR).values() for card in cards]
-DATA_FOLDERS = {"xray-pneumonia": "kermany_chest_xray_pneumonia", "ct-covid": "sars_cov2_ct"}
+DATA_FOLDERS = {
+    "xray-pneumonia": ["kermany_chest_xray_pneumonia", "nih_chestxray14_pneumonia"],
+    "ct-covid": ["sars_cov2_ct"],
+}
+MIN_FAMILIES = 4  # architecture families per task besides the from-scratch baseline
 METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc", "pr_auc")
 
 
@@ -23,7 +28,10 @@ def test_card_is_complete_and_matches_its_file(card):
     assert card.calibration["method"] == "temperature"
     assert card.temperature > 0
     assert "Youden" in card.threshold_rule
-    assert card.training["split_sizes"]["train"]
+    assert card.training["data_dirs"] == DATA_FOLDERS[card.task]
+    assert all(sizes["train"] for sizes in card.training["split_sizes"].values())
+    assert card.input_crop == "lungs"
+    assert card.training["weights_max_output_change"] <= card.training["weights_tolerance"]
     assert card.training["command"].startswith("python -m lungviz train")
     assert card.limitations
     test = card.metrics["test"]
@@ -44,6 +52,20 @@ def test_model_loads_in_safe_mode_with_its_cam_layer(card):
     )
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     assert heatmap.shape == tuple(card.input_size)
+    assert card.parameters == model.count_params()
+    assert card.cam_resolution == cam_resolution(model, card.cam_layer)
+
+
+@pytest.mark.parametrize("task", list(DATA_FOLDERS))
+def test_each_task_compares_architecture_families_not_siblings(task):
+    families = {card.family for card in discover(DEFAULT_WEIGHTS_DIR)[task]}
+    assert "from-scratch CNN" in families
+    assert len(families - {"from-scratch CNN"}) >= MIN_FAMILIES, families
+
+
+def test_weights_stay_within_their_budget():
+    total = sum(path.stat().st_size for path in DEFAULT_WEIGHTS_DIR.rglob("*") if path.is_file())
+    assert total <= 150e6, f"weights/ holds {total / 1e6:.1f} MB"
 
 
 def test_readme_table_is_generated_from_the_cards():
@@ -53,11 +75,12 @@ def test_readme_table_is_generated_from_the_cards():
 
 
 @pytest.mark.parametrize("task", ["ct-covid"])
-def test_evaluate_reproduces_the_card_metrics(task, shared_data):
+def test_evaluate_reproduces_the_card_metrics(task, shared_data, tmp_path):
     from lungviz.training.evaluation import evaluate_task
 
     cards = discover(DEFAULT_WEIGHTS_DIR)[task]
-    report = evaluate_task(task, shared_data / DATA_FOLDERS[task], [(c, load_model(c)) for c in cards])
+    sources = [shared_data / folder for folder in DATA_FOLDERS[task]]
+    report = evaluate_task(task, sources, [(c, load_model(c)) for c in cards], crop_cache=tmp_path)
     for card in cards:
         for name in METRICS:
             assert report["models"][card.name]["metrics"][name] == card.metrics["test"][name], (card.name, name)

@@ -34,7 +34,7 @@ class CamGraph:
         """Re-wire `model` so the CAM layer's output and the logits are outputs of one graph."""
         if len(model.inputs) != 1:
             raise ExplanationError(f"model {model.name!r} has {len(model.inputs)} inputs; expected one image input")
-        target = _find_layer(model, cam_layer)
+        target = find_layer(model, cam_layer)
         if target is None:
             raise ExplanationError(
                 f"model {model.name!r} has no layer named {cam_layer!r} (not even in a nested model)"
@@ -84,13 +84,22 @@ class CamGraph:
         return keras.Model(self.model.inputs, self.model.outputs[1])
 
 
-def _find_layer(model: keras.Model, name: str) -> keras.layers.Layer | None:
+def find_layer(model: keras.Model, name: str) -> keras.layers.Layer | None:
+    """The layer called `name`, also inside nested sub-models (where transfer models keep their CAM layers)."""
     for layer in model.layers:
         if layer.name == name:
             return layer
-        if isinstance(layer, keras.Model) and (inner := _find_layer(layer, name)) is not None:
+        if isinstance(layer, keras.Model) and (inner := find_layer(layer, name)) is not None:
             return inner
     return None
+
+
+def cam_resolution(model: keras.Model, cam_layer: str) -> list[int]:
+    """[height, width] of the CAM layer's feature map."""
+    layer = find_layer(model, cam_layer)
+    if layer is None:
+        raise ExplanationError(f"the model has no layer {cam_layer!r}")
+    return [int(layer.output.shape[1]), int(layer.output.shape[2])]
 
 
 def _contains(model: keras.Model, wanted: keras.layers.Layer) -> bool:
