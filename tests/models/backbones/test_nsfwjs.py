@@ -93,7 +93,7 @@ def test_features_separate_cats_from_cups_better_than_random_weights(loaded):
         backbone = nsfwjs.build_backbone(variant, (size, size, 3), weights=weights)
         pooled = [np.asarray(backbone(x * nsfwjs.INPUT_SCALE, training=False)).mean(axis=(1, 2)) for x in (cats, cups)]
         scores[weights] = separation(*pooled)
-    assert scores["nsfwjs"] > 1.1 * scores[None], scores
+    assert scores["nsfwjs"] > 1.3 * scores[None], scores
 
 
 def test_weights_of_another_variant_are_refused_by_name(loaded):
