@@ -37,7 +37,8 @@ check: lint typecheck  ## everything CI runs
 	$(PYTHON) -m pytest
 
 cards:  ## re-evaluate the shipped models, write their cards and README's table (needs $(DATA))
-	$(PYTHON) -m lungviz evaluate --task xray-pneumonia --data $(DATA)/kermany_chest_xray_pneumonia --update-cards
+	$(PYTHON) -m lungviz evaluate --task xray-pneumonia --data $(DATA)/kermany_chest_xray_pneumonia \
+		--data $(DATA)/nih_chestxray14_pneumonia --update-cards
 	$(PYTHON) -m lungviz evaluate --task ct-covid --data $(DATA)/sars_cov2_ct --update-cards
 	$(PYTHON) -m lungviz cards --update-readme
 
