@@ -469,6 +469,29 @@ def _starting_model(config: TrainConfig, run: _Run, num_classes: int) -> tuple[k
     return built.model, built
 
 
+HISTORY_COLUMNS = ("loss", "auc", "val_loss", "val_auc")
+
+
+def stage_histories(history_csv: Path, stages: list[dict[str, Any]]) -> list[dict[str, list[float]]]:
+    """Per stage, the per-epoch training and validation loss and AUC from the run's history.csv.
+
+    CSVLogger appends every stage's epochs to one file (epoch numbers restart per
+    stage), so the rows are dealt out by each finished stage's epoch count.
+    """
+    import csv
+
+    if not history_csv.is_file():
+        return [{} for _ in stages]
+    with history_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    histories, start = [], 0
+    for stage in stages:
+        block = rows[start : start + int(stage["epochs_run"])]
+        start += int(stage["epochs_run"])
+        histories.append({key: [round(float(row[key]), 5) for row in block] for key in HISTORY_COLUMNS})
+    return histories
+
+
 def _split_sizes(config: TrainConfig, classes: tuple[str, ...]) -> dict[str, dict[str, dict[str, int]]]:
     """Images per class of every split of every source: {source: {split: {class: n}}}."""
     sizes: dict[str, dict[str, dict[str, int]]] = {}
@@ -596,6 +619,10 @@ def _train(config: TrainConfig, stages: list[Stage], run: _Run) -> TrainResult:
 
     import tensorflow as tf
 
+    for stage, history in zip(
+        run.state["finished"], stage_histories(run.dir / HISTORY_FILE, run.state["finished"]), strict=True
+    ):
+        stage["history"] = history
     record = {
         "data_dirs": [root.name for root in config.data_dirs],
         "input_crop": config.input_crop,

@@ -19,6 +19,7 @@ from lungviz.training.trainer import (
     image_weights,
     loss_weights,
     plan_stages,
+    stage_histories,
     train,
 )
 from tests.synthetic_dataset import write_blob_dataset
@@ -95,6 +96,10 @@ def test_card_records_how_the_model_was_trained(trained, data_dir):
     assert stage["name"] == "scratch"
     assert 1 <= stage["best_epoch"] <= stage["epochs_run"] <= 6
     assert stage["seconds_per_epoch"] > 0
+    # the card carries the learning curves, so the Model cards page can draw them without the run folder
+    assert set(stage["history"]) == {"loss", "auc", "val_loss", "val_auc"}
+    assert all(len(values) == stage["epochs_run"] for values in stage["history"].values())
+    assert max(stage["history"]["val_auc"]) == pytest.approx(stage["best_val_auc"], abs=1e-4)
 
 
 def test_run_folder_has_checkpoint_history_and_logs(trained):
@@ -243,3 +248,15 @@ def test_fine_tuning_that_never_beats_the_head_keeps_the_head_weights(data_dir, 
     assert finetune["best_val_auc"] == head["best_val_auc"]
     for kept, after_head in zip(snapshots["finetune"], snapshots["head"], strict=False):
         np.testing.assert_array_equal(kept, after_head)
+
+
+def test_stage_histories_deal_the_logged_epochs_out_to_their_stages(tmp_path):
+    rows = ["epoch,accuracy,auc,loss,val_accuracy,val_auc,val_loss"]
+    rows += [f"{e},0.5,0.{e + 1},1.{e},0.5,0.{e + 5},2.{e}" for e in range(3)]  # head: 3 epochs
+    rows += [f"{e},0.5,0.9,0.{e},0.5,0.9{e},0.{e}" for e in range(2)]  # fine-tuning restarts at epoch 0
+    (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
+    head, finetune = stage_histories(tmp_path / "history.csv", [{"epochs_run": 3}, {"epochs_run": 2}])
+    assert head["val_auc"] == [0.5, 0.6, 0.7]
+    assert head["loss"] == [1.0, 1.1, 1.2]
+    assert finetune["val_loss"] == [0.0, 0.1]
+    assert stage_histories(tmp_path / "missing.csv", [{"epochs_run": 1}]) == [{}]
