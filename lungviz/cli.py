@@ -204,8 +204,9 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from lungviz.models.registry import load_model, select_cards
+    from lungviz.models.registry import ensemble_summary_path, load_model, select_cards
     from lungviz.training.evaluation import (
+        ensemble_summary,
         evaluate_task,
         summary_markdown,
         update_card_metrics,
@@ -222,6 +223,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.update_cards:
         for card in cards:
             update_card_metrics(card, report)
+        if (summary := ensemble_summary(report)) is not None:
+            path = ensemble_summary_path(args.task, session.root)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(report, indent=2) if args.json else summary_markdown(report))
     return 0
 

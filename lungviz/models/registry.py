@@ -8,8 +8,10 @@ with Keras safe mode so a shipped file can never run arbitrary code, by
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from lungviz.errors import ChoiceError, ModelCardError, ModelLoadError
 from lungviz.models.cards import ModelCard
@@ -40,6 +42,25 @@ def discover(root: Path | None = None) -> dict[str, list[ModelCard]]:
             raise ModelCardError(f"{card_path}: model file {card.file!r} is missing")
         found[card.task].append(card)
     return {task: sorted(cards, key=lambda card: (card.family, card.name)) for task, cards in found.items()}
+
+
+EVALUATION_DIR = "evaluation"
+"""weights/evaluation/<task>-ensemble.json: the ensemble's test results, written by `evaluate --update-cards`."""
+
+
+def ensemble_summary_path(task: str, root: Path | None = None) -> Path:
+    return (Path(root) if root is not None else weights_dir()) / EVALUATION_DIR / f"{task}-ensemble.json"
+
+
+def load_ensemble_summary(task: str, root: Path | None = None) -> dict[str, Any] | None:
+    """The task's ensemble results beside the cards, or None where none were written."""
+    path = ensemble_summary_path(task, root)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelCardError(f"{path} is not readable JSON: {error}") from error
 
 
 def select_cards(cards: list[ModelCard], names: list[str] | None) -> list[ModelCard]:

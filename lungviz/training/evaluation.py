@@ -121,6 +121,7 @@ def _score_subgroups(
             "counts": counts,
             "metrics": metrics.metrics_with_ci(truth[mask], p_positive[mask], threshold, **bootstrap),
             "confusion_matrix": metrics.confusion_matrix(truth[mask], p_positive[mask], threshold),
+            "roc": metrics.roc_points(truth[mask], p_positive[mask]),
         }
     return scored
 
@@ -211,19 +212,63 @@ def evaluate_task(
     return report
 
 
+CURVE_POINTS = 80
+"""Points kept per stored curve: enough to draw it, few enough to keep cards small."""
+
+
+def _thin(curve: dict[str, list[float]], points: int = CURVE_POINTS) -> dict[str, list[float]]:
+    """Every column of a curve at `points` evenly spaced indices (first and last kept), rounded to 4 decimals."""
+    length = len(next(iter(curve.values())))
+    keep: list[int] = np.unique(np.linspace(0, length - 1, min(points, length)).round().astype(int)).tolist()
+    return {key: [round(float(values[i]), 4) for i in keep if i < len(values)] for key, values in curve.items()}
+
+
+def _without_curves(groups: dict[str, Any]) -> dict[str, Any]:
+    """Subgroup scores without their full ROC (a thinned copy goes into the curves)."""
+    return {name: {key: value for key, value in scored.items() if key != "roc"} for name, scored in groups.items()}
+
+
+def plot_curves(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the Model cards page draws for one scored entry: thinned ROC and PR curves, the reliability bins,
+    and the same ROC per subgroup (source or view)."""
+    return {
+        "roc": _thin(entry["roc"]),
+        "pr": _thin(entry["pr"]),
+        "reliability": entry["reliability"],
+        "subgroup_roc": {name: _thin(scored["roc"]) for name, scored in entry["subgroups"].items() if "roc" in scored},
+    }
+
+
+def ensemble_summary(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The ensemble's test results and curves, for the file beside the cards (the ensemble has no card)."""
+    entry = report["ensemble"]
+    if entry is None:
+        return None
+    keep = ("members", "combination", "threshold_rule", "threshold", "metrics", "ece", "confusion_matrix")
+    return {
+        "task": report["task"],
+        "data_dirs": report["data_dirs"],
+        **{key: entry[key] for key in keep},
+        "subgroups": _without_curves(entry["subgroups"]),
+        "curves": plot_curves(entry),
+    }
+
+
 def update_card_metrics(card: ModelCard, report: dict[str, Any], *, save: bool = True) -> ModelCard:
     """Put the model's test results from `report` into its card (and save it where it was loaded from)."""
     if report["task"] != card.task or card.name not in report["models"]:
         raise EvaluationError(f"the report for {report['task']} has no results for model {card.name!r}")
     entry = report["models"][card.name]
-    card.metrics = {
+    card.metrics = {  # other measurements (localisation) stay
+        **card.metrics,
         "test": entry["metrics"],
         "ece": entry["ece"],
         "confusion_matrix": entry["confusion_matrix"],
         "threshold": entry["threshold"],
         "data_dirs": report["data_dirs"],
         "test_counts": report["test_counts"],
-        "subgroups": entry["subgroups"],
+        "subgroups": _without_curves(entry["subgroups"]),
+        "curves": plot_curves(entry),
         "bootstrap": report["bootstrap"],
         "batch_size": report["batch_size"],
     }

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lungviz.errors import ChoiceError, ModelCardError, ModelLoadError
-from lungviz.models.registry import discover, load_model, select_cards
+from lungviz.models.registry import discover, ensemble_summary_path, load_ensemble_summary, load_model, select_cards
 from lungviz.tasks import TASKS
 
 
@@ -67,3 +67,14 @@ def test_corrupt_model_file_gives_a_clear_error(weights_root, tmp_path):
     (tmp_path / "ct-covid" / "flat-softmax.keras").write_bytes(b"not a zip")
     with pytest.raises(ModelLoadError, match="cannot load model 'flat-softmax'"):
         load_model(find_card("ct-covid", "flat-softmax", tmp_path))
+
+
+def test_the_ensemble_summary_is_read_beside_the_cards_and_a_broken_one_is_an_error(tmp_path):
+    assert load_ensemble_summary("ct-covid", tmp_path) is None
+    path = ensemble_summary_path("ct-covid", tmp_path)
+    path.parent.mkdir()
+    path.write_text('{"members": ["a", "b"]}')
+    assert load_ensemble_summary("ct-covid", tmp_path) == {"members": ["a", "b"]}
+    path.write_text("{not json")
+    with pytest.raises(ModelCardError, match="not readable JSON"):
+        load_ensemble_summary("ct-covid", tmp_path)

@@ -12,7 +12,9 @@ from lungviz.reporting.tables import markdown_table
 from lungviz.training.calibration import THRESHOLD_RULE, choose_threshold
 from lungviz.training.datasets import load_split
 from lungviz.training.evaluation import (
+    CURVE_POINTS,
     ENSEMBLE,
+    ensemble_summary,
     evaluate_task,
     predict_probabilities,
     summary_markdown,
@@ -171,3 +173,28 @@ def test_several_sources_are_scored_pooled_each_and_per_view(data_dir, second_so
     trained = report["models"]["simple-cnn"]["subgroups"]["adults"]["metrics"]["roc_auc"]["value"]
     assert trained > 0.8  # the blob is the same finding at the other hospital
     assert "| simple-cnn | adults PA | 4 / 4 |" in summary_markdown(report)
+
+
+def test_cards_keep_other_measurements_and_gain_thinned_curves(report, models):
+    report, _ = report
+    card = models[0][0]
+    card.metrics = {**card.metrics, "localisation": {"kept": True}}
+    update_card_metrics(card, report, save=False)
+    assert card.metrics["localisation"] == {"kept": True}
+    curves = card.metrics["curves"]
+    full = report["models"][card.name]
+    assert len(curves["roc"]["fpr"]) == min(CURVE_POINTS, len(full["roc"]["fpr"]))
+    assert (curves["roc"]["fpr"][0], curves["roc"]["fpr"][-1]) == (0.0, 1.0)
+    assert curves["reliability"] == full["reliability"]
+
+
+def test_the_ensemble_summary_holds_what_the_cards_page_draws(report, data_dir, second_source, models, tmp_path):
+    summary = ensemble_summary(report[0])
+    assert summary["members"] == ["simple-cnn", "untrained"]
+    assert summary["metrics"] == report[0]["ensemble"]["metrics"]
+    assert set(summary["curves"]) == {"roc", "pr", "reliability", "subgroup_roc"}
+    two = evaluate_task(TASK, [data_dir, second_source], models, resamples=RESAMPLES, crop_cache=tmp_path)
+    by_source = ensemble_summary(two)
+    assert set(by_source["curves"]["subgroup_roc"]) == {data_dir.name, "adults", "adults AP", "adults PA"}
+    assert "roc" not in by_source["subgroups"]["adults"]  # thinned copies only, in the curves
+    assert ensemble_summary(evaluate_task(TASK, data_dir, models[:1], resamples=RESAMPLES, crop_cache=tmp_path)) is None
