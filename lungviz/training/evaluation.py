@@ -319,61 +319,23 @@ def summary_markdown(report: dict[str, Any]) -> str:
 
 
 def report_figures(report: dict[str, Any]) -> dict[str, Any]:
-    """Plotly figures of the report: ROC, precision-recall, reliability diagram, confusion matrices."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    """Plotly figures of the report: ROC, precision-recall, reliability, forest plot, a confusion matrix per entry."""
+    from lungviz.reporting import model_figures
 
     entries = _results(report)
-    roc, pr, reliability = go.Figure(), go.Figure(), go.Figure()
+    scored = [model_figures.ScoredModel.from_report_entry(name, entry) for name, entry in entries.items()]
+    negative, positive = (c for c in report["classes"] if c != report["positive_class"]), report["positive_class"]
+    negative_class = next(negative)
+    figures = {
+        "roc": model_figures.roc_figure(scored),
+        "pr": model_figures.pr_figure(scored, positive),
+        "reliability": model_figures.reliability_figure(scored, positive),
+        "forest": model_figures.forest_figure(scored),
+    }
     for name, entry in entries.items():
-        auc, ap = entry["metrics"]["roc_auc"]["value"], entry["metrics"]["pr_auc"]["value"]
-        roc.add_scatter(x=entry["roc"]["fpr"], y=entry["roc"]["tpr"], mode="lines", name=f"{name} (AUC {auc:.3f})")
-        pr.add_scatter(
-            x=entry["pr"]["recall"],
-            y=entry["pr"]["precision"],
-            mode="lines",
-            line_shape="vh",
-            name=f"{name} (AP {ap:.3f})",
-        )
-        bins = entry["reliability"]
-        reliability.add_scatter(
-            x=bins["mean_predicted"],
-            y=bins["fraction_positive"],
-            mode="lines+markers",
-            name=f"{name} (ECE {entry['ece']:.3f})",
-            customdata=bins["counts"],
-            hovertemplate="mean P %{x:.2f}, observed %{y:.2f}, %{customdata} images",
-        )
-    roc.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="grey", name="chance")
-    reliability.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="grey", name="perfect")
-    positive = report["positive_class"]
-    roc.update_layout(title="ROC (test)", xaxis_title="1 - specificity", yaxis_title="sensitivity")
-    pr.update_layout(title="Precision-recall (test)", xaxis_title=f"recall ({positive})", yaxis_title="precision")
-    reliability.update_layout(
-        title="Reliability of calibrated P(positive), 15 bins",
-        xaxis_title=f"mean predicted P({positive})",
-        yaxis_title=f"observed fraction {positive}",
-    )
-    confusion = make_subplots(rows=1, cols=len(entries), subplot_titles=list(entries))
-    labels = report["classes"]
-    for column, entry in enumerate(entries.values(), start=1):
-        matrix = entry["confusion_matrix"]
-        confusion.add_heatmap(
-            z=matrix,
-            x=[f"called {c}" for c in labels],
-            y=[f"true {c}" for c in labels],
-            text=matrix,
-            texttemplate="%{text}",
-            colorscale="Blues",
-            showscale=False,
-            row=1,
-            col=column,
-        )
-    confusion.update_yaxes(autorange="reversed")
-    confusion.update_layout(title="Confusion matrices at each operating point (test)")
-    for figure in (roc, pr, reliability):
-        figure.update_layout(xaxis_range=[0, 1], yaxis_range=[0, 1.02], width=640, height=520)
-    return {"roc": roc, "pr": pr, "reliability": reliability, "confusion": confusion}
+        figure = model_figures.confusion_figure(entry["confusion_matrix"], negative_class, positive)
+        figures[f"confusion {name}"] = figure.update_layout(title=f"{name}: confusion matrix at its threshold (test)")
+    return figures
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:

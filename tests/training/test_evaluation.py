@@ -117,7 +117,7 @@ def test_files_written_for_people_and_programs(report):
     assert all(f"| {name} |" in summary for name in ("simple-cnn", "untrained", ENSEMBLE))
     html = (out / "figures.html").read_text()
     assert html.count("plotly.js") >= 1
-    assert html.count('class="plotly-graph-div"') == 4
+    assert html.count('class="plotly-graph-div"') == 4 + 3  # ROC, PR, reliability, forest; a confusion matrix each
 
 
 def test_card_metrics_are_reproduced_exactly_by_a_second_evaluation(report, models, data_dir):

