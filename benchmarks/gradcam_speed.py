@@ -86,12 +86,13 @@ def benchmark(name: str, model: keras.Model, cam_layer: str, repeats: int) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median reported)")
+    parser.add_argument("--shipped-only", action="store_true", help="only the models in weights/ (no DenseNet121)")
     args = parser.parse_args()
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
         f"{', '.join(d.device_type for d in tf.config.list_logical_devices())}, CPU threads: {os.cpu_count()}"
     )
-    for nested in (False, True):
+    for nested in () if args.shipped_only else (False, True):
         keras.utils.set_random_seed(0)
         model, cam_layer = densenet(nested)
         benchmark(f"DenseNet121 {'nested base' if nested else 'flat'} (random weights)", model, cam_layer, args.repeats)
