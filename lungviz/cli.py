@@ -139,6 +139,18 @@ def _build_parser() -> argparse.ArgumentParser:
     localise.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     localise.set_defaults(handler=_run_localisation)
 
+    randomise = commands.add_parser(
+        "randomisation", help="sanity check of the explanation methods: do the maps change when the model is destroyed?"
+    )
+    randomise.add_argument("--task", required=True, choices=list(TASKS))
+    randomise.add_argument("--data", type=Path, required=True, action="append", help="data set(s) with a val/ split")
+    randomise.add_argument("--methods", default="gradcam", help="comma-separated explanation methods")
+    randomise.add_argument("--models", default=None, help="comma-separated model names (default: all of the task)")
+    randomise.add_argument("--images", type=int, default=8, help="validation images to compare maps on")
+    randomise.add_argument("--update-cards", action="store_true", help="write the results into the model cards")
+    randomise.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
+    randomise.set_defaults(handler=_run_randomisation)
+
     gate = commands.add_parser("gate", help="fit or evaluate the modality / out-of-distribution gate")
     gate.add_argument("action", choices=["fit", "evaluate"])
     gate.add_argument(
@@ -343,6 +355,41 @@ def _run_localisation(args: argparse.Namespace) -> int:
                 card.metrics["cam_layer_choice"] = layer_report[card.name]
             card.save(card.card_path)
     print(json.dumps({"localisation": report, "cam_layers": layer_report} if layer_report else report, indent=2))
+    return 0
+
+
+def _run_randomisation(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from lungviz.inference.explanations import check_method
+    from lungviz.models.registry import select_cards
+    from lungviz.preprocessing import gray_batch_to_input
+    from lungviz.tasks import get_task
+    from lungviz.training.datasets import load_split, lung_cropper
+    from lungviz.training.randomisation import randomisation_check
+
+    methods = _names(args.methods) or []
+    for method in methods:
+        check_method(method)
+    for folder in args.data:
+        _require_folder(folder, "data")
+    if args.images < 2:
+        raise UsageError("--images must be at least 2")
+    session = _session(args.weights)
+    report: dict[str, dict[str, object]] = {}
+    for card in select_cards(session.cards[args.task], _names(args.models)):
+        cropper = lung_cropper(args.task, card.input_crop, Path("runs") / args.task, session.root)
+        val = load_split(args.data, "val", get_task(args.task).classes, card.input_size, cropper)
+        chosen = np.sort(np.random.default_rng(0).choice(len(val), min(args.images, len(val)), replace=False))
+        model = session.classifier(card).model
+        results = randomisation_check(model, card.cam_layer, gray_batch_to_input(val.images[chosen]), methods)
+        report[card.name] = {method: result.to_dict() for method, result in results.items()}
+        if args.update_cards and card.card_path is not None:
+            card.metrics = {**card.metrics, "randomisation": report[card.name]}
+            card.save(card.card_path)
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -77,7 +77,7 @@ def test_evaluate_reports_and_writes_card_metrics(trained, capsys):
     assert card.metrics["test"] == entry["metrics"]
     assert card.metrics["confusion_matrix"] == entry["confusion_matrix"]
     assert main(["cards", "--weights", str(weights)]) == 0
-    assert "| ct-covid | tiny | simple_cnn | 32x32 |" in capsys.readouterr().out
+    assert "| ct-covid | tiny | from-scratch CNN | 32x32 |" in capsys.readouterr().out
 
 
 def test_predict_uses_the_trained_model(trained, tmp_path, capsys):
@@ -143,3 +143,21 @@ def test_localisation_without_annotated_images_is_a_usage_error(weights_root, ca
         main(["localisation", "--weights", str(weights_root)])
     assert exit_info.value.code == 2
     assert "give --qu-ex, --nih or both" in capsys.readouterr().err
+
+
+def test_randomisation_check_writes_each_methods_verdict_into_the_card(trained, capsys):
+    data, weights = trained
+    capsys.readouterr()
+    command = ["randomisation", "--task", TASK, "--data", str(data), "--weights", str(weights)]
+    assert main([*command, "--methods", "gradcam", "--images", "3", "--update-cards"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    result = report["tiny"]["gradcam"]
+    assert result["images"] == 3
+    assert result["steps"][0] == "head"
+    assert len(result["rank_correlation"]) == len(result["steps"])
+    assert result["passed"] == (result["rank_correlation"][-1] < result["pass_below"])
+    assert ModelCard.load(weights / TASK / "tiny.json").metrics["randomisation"] == report["tiny"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--methods", "no-such-method"])
+    assert exit_info.value.code == 2
+    assert "unknown method 'no-such-method'" in capsys.readouterr().err
