@@ -28,6 +28,12 @@ LOCALISATION_NOTE = (
 )
 
 
+RANDOMISATION_NOTE = (
+    "The model's layers are re-initialised from the head down and each method's maps recomputed on validation "
+    "images (Adebayo et al., 2018). Maps that stay alike once the model is destroyed show the image, not the model."
+)
+
+
 def _with_interval(entry: dict[str, Any]) -> str:
     low, high = entry["ci95"]
     return f"{entry['value']:.3f} ({low:.3f} to {high:.3f})"
@@ -166,6 +172,9 @@ def show_card(card: ModelCard, key: str) -> None:
             st.markdown(f"**Where its heatmaps of {literal(card.positive_class)} point** (annotated findings)")
             st.dataframe(localisation, hide_index=True)
             st.caption(LOCALISATION_NOTE)
+        if randomisation := card.metrics.get("randomisation"):
+            st.plotly_chart(model_figures.randomisation_figure(randomisation), key=f"randomisation-{key}")
+            st.caption(RANDOMISATION_NOTE)
         if card.limitations:
             st.markdown("**Limitations**\n" + "\n".join(f"- {item}" for item in card.limitations))
 

@@ -303,3 +303,34 @@ def learning_curves(stages: Sequence[dict[str, Any]]) -> go.Figure:
         epoch += count
     figure.update_xaxes(title_text="epoch")
     return figure.update_layout(title="Learning curves", height=320)
+
+
+def randomisation_figure(results: dict[str, dict[str, Any]]) -> go.Figure:
+    """Rank correlation of each method's maps with the trained model's, as ever more layers are randomised.
+
+    A method whose line stays high (above the card's pass line) explains the image, not the model.
+    """
+    figure = go.Figure()
+    for index, (method, result) in enumerate(results.items()):
+        verdict = "passed" if result["passed"] else "FAILED"
+        figure.add_scatter(
+            x=result["steps"],
+            y=result["rank_correlation"],
+            mode="lines+markers",
+            name=f"{method} ({verdict})",
+            line_color=_colour(index),
+        )
+    if results:
+        figure.add_hline(
+            y=next(iter(results.values()))["pass_below"],
+            line_dash="dot",
+            line_color="grey",
+            annotation_text="pass below",
+        )
+    figure.update_layout(
+        title="Randomisation check: maps vs the trained model's",
+        yaxis_title="rank correlation",
+        yaxis_range=[-0.2, 1.05],
+        height=320,
+    )
+    return figure

@@ -8,6 +8,7 @@ from lungviz.reporting.model_figures import (
     forest_figure,
     learning_curves,
     pr_figure,
+    randomisation_figure,
     reliability_figure,
     roc_figure,
     subgroup_names,
@@ -80,3 +81,13 @@ def test_learning_curves_continue_epochs_across_stages():
     figure = learning_curves(stages)
     auc = [trace for trace in figure.data if trace.name.endswith(": validation")]
     assert [list(trace.x) for trace in auc] == [[1, 2], [3]]
+
+
+def test_randomisation_plot_names_the_verdict_of_each_method():
+    results = {
+        "gradcam": {"steps": ["head", "all"], "rank_correlation": [0.3, 0.05], "passed": True, "pass_below": 0.5},
+        "edges": {"steps": ["head", "all"], "rank_correlation": [1.0, 0.98], "passed": False, "pass_below": 0.5},
+    }
+    figure = randomisation_figure(results)
+    assert [trace.name for trace in figure.data] == ["gradcam (passed)", "edges (FAILED)"]
+    assert figure.layout.shapes[0].y0 == 0.5

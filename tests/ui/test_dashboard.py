@@ -363,6 +363,9 @@ def _evaluated_card_metrics() -> dict:
             "reliability": {"mean_predicted": [0.2, 0.8], "fraction_positive": [0.25, 0.7], "counts": [100, 100]},
             "subgroup_roc": {"sars_cov2_ct": curve},
         },
+        "randomisation": {
+            "gradcam": {"steps": ["head", "all"], "rank_correlation": [0.4, 0.1], "passed": True, "pass_below": 0.5}
+        },
         "localisation": {
             "made-up masks": {
                 "gradcam": {
@@ -442,6 +445,7 @@ def test_model_cards_page_compares_models_with_plots_and_shows_no_json(weights_r
         "Reliability of calibrated P(positive)",
         "Confusion matrix at the threshold (test)",
         "Learning curves",
+        "Randomisation check: maps vs the trained model's",
     ]
     roc_traces = [trace["name"] for trace in charts[0]["data"]]
     assert "flat-softmax (AUC 0.912)" in roc_traces
