@@ -323,6 +323,15 @@ def _acquisition_jitter(seed: int):
     return jitter
 
 
+def augment_images(images: np.ndarray, seed: int) -> np.ndarray:
+    """One augmented copy of uint8 (n, H, W) images, as training sees them, as model inputs (n, H, W, 3)."""
+    import tensorflow as tf
+
+    prepare = _prepare(seed)
+    labels = tf.zeros(len(images), tf.int64)
+    return np.asarray(prepare(tf.convert_to_tensor(images), labels)[0])
+
+
 def _prepare(seed: int | None):
     """A tf.data map from uint8 (B, H, W) batches to model inputs, augmented when a seed is given.
 

@@ -10,6 +10,7 @@ from lungviz.preprocessing import image_to_input
 from lungviz.training.datasets import (
     LungCropper,
     SplitData,
+    augment_images,
     dataset_classes,
     evaluation_dataset,
     iterate_batches,
@@ -178,3 +179,12 @@ def test_sources_are_kept_apart_and_subsets_keep_every_column(tree, tmp_path):
     np.testing.assert_array_equal(adults.images, split.images[-4:])
     with pytest.raises(DatasetError, match="share a folder name"):
         load_split([tree, tree], "train", CLASSES, (16, 16))
+
+
+def test_augment_images_gives_one_reproducible_training_copy_per_seed():
+    images = np.random.default_rng(2).integers(0, 255, size=(3, 24, 24), dtype=np.uint8)
+    first, again, other = augment_images(images, 1), augment_images(images, 1), augment_images(images, 2)
+    assert first.shape == (3, 24, 24, 3)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert np.abs(first[..., 0] - images).mean() > 1.0
