@@ -23,7 +23,7 @@ from lungviz.errors import LungVizError
 from lungviz.tasks import TASKS
 
 if TYPE_CHECKING:  # the CLI imports TensorFlow only for the commands that need it
-    from lungviz.inference.session import Analysis
+    from lungviz.inference.session import Analysis, AnalysisSession
 
 USAGE_ERROR = 2
 
@@ -53,6 +53,11 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="write one overlay PNG per file and model into DIR",
+    )
+    predict.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="check each heatmap: deletion and insertion areas against a random and an image-gradient map",
     )
     predict.add_argument("--json", action="store_true", help="print JSON Lines, one object per file")
     predict.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
@@ -134,6 +139,9 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score each model's Grad-CAM at its CAM layer and its architecture's other candidates on the first "
         "annotated source; the best is used (and, with --update-cards, written into the card)",
+    )
+    localise.add_argument(
+        "--limit", type=int, default=None, help="score a fixed random sample of at most N images per source (faster)"
     )
     localise.add_argument("--update-cards", action="store_true", help="write the scores into the model cards")
     localise.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
@@ -314,6 +322,7 @@ def _run_localisation(args: argparse.Namespace) -> int:
         covid_qu_ex_infections,
         localisation_scores,
         nih_boxes,
+        sample_images,
         with_lungs,
     )
 
@@ -329,6 +338,10 @@ def _run_localisation(args: argparse.Namespace) -> int:
         sources["nih pneumonia boxes"] = nih_boxes(args.nih)
     if not sources:
         raise UsageError("give --qu-ex, --nih or both: the annotated images to score the heatmaps on")
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UsageError("--limit must be a positive number of images")
+        sources = {source: sample_images(images, args.limit) for source, images in sources.items()}
     session = _session(args.weights)
     sources = {source: with_lungs(images, session.segmenter) for source, images in sources.items()}
     cards = select_cards(session.cards["xray-pneumonia"], _names(args.models))
@@ -440,6 +453,8 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     method = None if args.method == "none" else args.method
     check_method(method)
+    if args.faithfulness and method is None:
+        raise UsageError("--faithfulness checks heatmaps; choose a --method other than 'none'")
     session = _session(args.weights)
     wanted = _names(args.models)
     session.check_request(wanted, args.task, args.target)
@@ -448,10 +463,29 @@ def _run_predict(args: argparse.Namespace) -> int:
     names = OverlayNames()
     for index, file in enumerate(args.files):
         analysis = session.analyse_path(file, task=args.task, models=wanted, method=method, target=args.target)
+        if args.faithfulness:
+            _check_heatmaps(session, analysis)
         if args.save_heatmaps is not None:
             _save_heatmaps(analysis, args.save_heatmaps, names.claim, index)
         print(_format(analysis.record(), as_json=args.json), flush=True)
     return 0
+
+
+def _check_heatmaps(session: AnalysisSession, analysis: Analysis) -> None:
+    """Each model's heatmap checked for faithfulness, kept on its result for the record; a failure is a warning."""
+    from lungviz.inference.faithfulness import check_heatmap
+
+    if analysis.image is None or analysis.task is None:
+        return
+    cards = {card.name: card for card in session.cards[analysis.task]}
+    for result in analysis.results:
+        if result.heatmap is None:
+            continue
+        try:
+            classifier = session.classifier(cards[result.name])
+            result.faithfulness = check_heatmap(classifier, analysis.image.pixels, result, analysis.lungs)
+        except LungVizError as error:
+            analysis.warn(f"the heatmap of {result.name} was not checked: {error}")
 
 
 def _save_heatmaps(analysis: Analysis, folder: Path, claim: Callable[[int, str, str], str], index: int) -> None:
@@ -496,6 +530,13 @@ def _format(record: dict, *, as_json: bool) -> str:
             f"threshold={model['threshold']:.3f} {model['seconds']:.2f}s"
             + ("" if attention is None else f" heat in lungs {attention:.0%}")
         )
+        if (faithfulness := model.get("faithfulness")) is not None:
+            lines.append(
+                f"  {'':<24} heatmap deletion/insertion area {faithfulness['deletion_auc']:.3f}/"
+                f"{faithfulness['insertion_auc']:.3f}, random {faithfulness['random_deletion_auc']:.3f}/"
+                f"{faithfulness['random_insertion_auc']:.3f}, gradient {faithfulness['gradient_deletion_auc']:.3f}/"
+                f"{faithfulness['gradient_insertion_auc']:.3f} (lower/higher is better)"
+            )
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ train ct-covid/vgg16 "${CT[@]}" --arch vgg16 --input-size 160 --head-epochs 30 -
 
 # Each X-ray model's CAM layer is the candidate whose Grad-CAM maps point at COVID-QU-Ex infections
 # most often (never a classifier's test split); then the localisation scores of every method.
-$PY -m lungviz localisation --qu-ex "$QU_EX" --nih "$NIH" --methods gradcam,gradcam++,layercam \
+$PY -m lungviz localisation --qu-ex "$QU_EX" --nih "$NIH" --methods gradcam,layercam --limit 200 \
   --choose-cam-layer --update-cards
 # Test metrics pooled, per source and per view, written into the cards.
 $PY -m lungviz evaluate "${XRAY[@]}" --out reports/xray-pneumonia --update-cards

@@ -56,6 +56,14 @@ def with_lungs(images: Sequence[AnnotatedImage], segmenter: XrayLungSegmenter | 
     return [replace(image, lungs=segmenter.segment(image.pixels)) for image in images]
 
 
+def sample_images(images: Sequence[AnnotatedImage], limit: int, seed: int = BOOTSTRAP_SEED) -> list[AnnotatedImage]:
+    """At most `limit` of the images, a fixed random sample kept in their order (so reruns score the same ones)."""
+    if len(images) <= limit:
+        return list(images)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))
+    return [images[i] for i in chosen]
+
+
 def _gray(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:

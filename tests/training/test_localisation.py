@@ -15,6 +15,7 @@ from lungviz.training.localisation import (
     covid_qu_ex_infections,
     localisation_scores,
     nih_boxes,
+    sample_images,
 )
 from tests.model_factory import nested_sigmoid_model, write_model
 
@@ -119,3 +120,12 @@ def test_layers_are_compared_on_a_real_model_nested_layers_included_and_absent_o
         assert scores["images"] == 2
         assert 0.0 <= scores["heat_inside"]["value"] <= 1.0
     assert classifier.card.cam_layer == "base_last_conv"  # the shipped card is not changed by comparing
+
+
+def test_a_sample_is_fixed_and_keeps_order():
+    images = _annotated(10)
+    sample = sample_images(images, 4)
+    assert [image.name for image in sample] == [image.name for image in sample_images(images, 4)]
+    assert [image.name for image in sample] == sorted(image.name for image in sample)
+    assert len(sample) == 4
+    assert sample_images(images, 20) == images
