@@ -38,6 +38,9 @@ train ct-covid/vgg16 "${CT[@]}" --arch vgg16 --input-size 160 --head-epochs 30 -
 # most often (never a classifier's test split); then the localisation scores of every method.
 $PY -m lungviz localisation --qu-ex "$QU_EX" --nih "$NIH" --methods gradcam,layercam --limit 200 \
   --choose-cam-layer --update-cards
+# Do the maps depend on the model? The randomisation sanity check of each method, per model.
+$PY -m lungviz randomisation "${XRAY[@]}" --methods gradcam,gradcam++,layercam --images 6 --update-cards
+$PY -m lungviz randomisation "${CT[@]}" --methods gradcam,gradcam++,layercam --images 6 --update-cards
 # Test metrics pooled, per source and per view, written into the cards.
 $PY -m lungviz evaluate "${XRAY[@]}" --out reports/xray-pneumonia --update-cards
 $PY -m lungviz evaluate "${CT[@]}" --out reports/ct-covid --update-cards
