@@ -95,3 +95,19 @@ def write_weights(root: Path) -> Path:
         )
         write_model(root, task, "nested-sigmoid", nested_sigmoid_model(), head="sigmoid", cam_layer="base_last_conv")
     return root
+
+
+def make_card(task: str = "xray-pneumonia", **fields) -> ModelCard:
+    """A valid card for `task` with a made-up identity; `fields` override any field."""
+    classes = list(TASKS[task].classes)
+    values = {
+        "name": "m",
+        "task": task,
+        "architecture": "a",
+        "classes": classes,
+        "positive_class": classes[1],
+        "input_size": [64, 64],
+        "head": "softmax",
+        "cam_layer": "c",
+    }
+    return ModelCard(**{**values, **fields})

