@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -32,6 +32,9 @@ from lungviz.inference.lungs import Lungs
 from lungviz.models.cards import ModelCard
 from lungviz.models.outputs import apply_temperature, calibrated_probabilities, decide
 from lungviz.preprocessing import image_to_input
+
+if TYPE_CHECKING:
+    from lungviz.inference.faithfulness import Faithfulness
 
 PREDICTED = "predicted"
 """Target meaning "explain whichever class the model decided on"."""
@@ -57,6 +60,8 @@ class ModelResult:
     """Share of the heatmap's heat inside the lungs (None without a heatmap or without lungs found)."""
     heatmap_peak: tuple[int, int] | None = None
     """(x, y) of the heatmap's maximum in the image's pixels."""
+    faithfulness: Faithfulness | None = None
+    """The heatmap's deletion/insertion check, once someone asked for it (`lungviz.inference.faithfulness`)."""
 
     @property
     def positive_probability(self) -> float:
@@ -116,7 +121,7 @@ class Classifier:
         if target != PREDICTED and target not in self.card.classes:
             raise ChoiceError(f"cannot explain class {target!r}: model {self.card.name!r} knows {self.card.classes}")
         started = time.perf_counter()
-        box = lungs.crop_box() if lungs is not None and self.card.input_crop == "lungs" else None
+        box = self.input_box(lungs)
         inputs = image_to_input(pixels, self.card.input_size, box)
         heatmap = explained = attention = peak = None
         if method is None:
@@ -146,6 +151,10 @@ class Classifier:
             lung_attention=attention,
             heatmap_peak=peak,
         )
+
+    def input_box(self, lungs: Lungs | None) -> tuple[int, int, int, int] | None:
+        """The part of the image this model sees: the lungs' crop box if its card says so, else None (all of it)."""
+        return lungs.crop_box() if lungs is not None and self.card.input_crop == "lungs" else None
 
     def _class_to_explain(self, target: str) -> ClassChoice:
         """The target's class index, or for PREDICTED the rule that finds it from the model's raw probabilities."""
