@@ -22,6 +22,7 @@ to cover a minimum share of the image (X-ray) or of the body (CT).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -157,7 +158,9 @@ class XrayLungSegmenter:
         self.input_size = (int(card["input_size"][0]), int(card["input_size"][1]))
         self.threshold = float(card.get("threshold", 0.5))
         signature = [tf.TensorSpec((None, *self.input_size, 3), tf.float32)]
-        self._forward = tf.function(partial(model, training=False), input_signature=signature)
+        compiled = tf.function(partial(model, training=False), input_signature=signature)
+        self.forward: Callable[[np.ndarray], Any] = compiled
+        """Model inputs (n, H, W, 3) -> P(lung) (n, H, W, 1); a server routes it through its inference service."""
 
     @classmethod
     def load(cls, folder: Path) -> XrayLungSegmenter:
@@ -173,7 +176,7 @@ class XrayLungSegmenter:
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """P(lung) (H, W) float32 at the image's own resolution."""
-        raw = np.asarray(self._forward(image_to_input(pixels, self.input_size)))[0, ..., 0]
+        raw = np.asarray(self.forward(image_to_input(pixels, self.input_size)))[0, ..., 0]
         height, width = pixels.shape[:2]
         return cv2.resize(raw, (width, height), interpolation=cv2.INTER_LINEAR)
 

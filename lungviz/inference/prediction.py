@@ -24,6 +24,7 @@ from lungviz.errors import ChoiceError
 from lungviz.inference.explanations import (
     ClassChoice,
     Explainer,
+    GradCam,
     get_explainer,
     resize_heatmap,
 )
@@ -35,6 +36,7 @@ from lungviz.preprocessing import image_to_input
 
 if TYPE_CHECKING:
     from lungviz.inference.faithfulness import Faithfulness
+    from lungviz.inference.service import BatchFunction, InferenceService
 
 PREDICTED = "predicted"
 """Target meaning "explain whichever class the model decided on"."""
@@ -79,11 +81,16 @@ def _on_image(cam: np.ndarray, shape: tuple[int, ...], box: tuple[int, int, int,
 
 
 class Classifier:
-    """A loaded model with its card; the compiled forward pass and the explainers are built once and reused."""
+    """A loaded model with its card; the compiled forward pass and the explainers are built once and reused.
 
-    def __init__(self, card: ModelCard, model: keras.Model) -> None:
+    With a `service`, every model call goes through that shared queue (which may
+    batch it with other viewers' calls) instead of running in the caller's thread.
+    """
+
+    def __init__(self, card: ModelCard, model: keras.Model, service: InferenceService | None = None) -> None:
         self.card = card
         self.model = model
+        self.service = service
         self._explainers: dict[str, Explainer] = {}
         self._forward: Callable[[np.ndarray], Any] | None = None
         self._building = threading.Lock()
@@ -100,14 +107,33 @@ class Classifier:
         if method is None:
             self.predict_batch(probe)
         else:
-            self.explainer(method).explain_with_probabilities(probe, 0)
+            self._explained(method, probe, 0)
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, shape (n, classes), for a batch of model inputs."""
+        raw = self._compute(self._raw_outputs, batch)
+        return calibrated_probabilities(raw, self.card.head, self.card.temperature)
+
+    def _raw_outputs(self, batch: np.ndarray) -> np.ndarray:
         if self._forward is None:  # compiled on first use: an eager Keras call costs several forward passes
             self._forward = tf.function(partial(self.model, training=False), reduce_retracing=True)
-        raw = np.asarray(self._forward(tf.convert_to_tensor(batch, tf.float32)))
-        return calibrated_probabilities(raw, self.card.head, self.card.temperature)
+        return np.asarray(self._forward(tf.convert_to_tensor(batch, tf.float32)))
+
+    def _compute(self, function: BatchFunction, inputs: np.ndarray) -> Any:
+        """`function(inputs)`: through the shared service where there is one, else right here."""
+        return function(inputs) if self.service is None else self.service.run(function, inputs)
+
+    def _explained(self, method: str, inputs: np.ndarray, class_index: ClassChoice) -> tuple[np.ndarray, np.ndarray]:
+        """(raw probabilities, heatmap) of one image.
+
+        Grad-CAM gives every class's map from one compiled call of a batch, so
+        its calls from several viewers can share one; the other methods need
+        the class before they compute, so each call runs alone.
+        """
+        explainer = self.explainer(method)
+        if isinstance(explainer, GradCam):
+            return explainer.chosen(inputs, self._compute(explainer.probabilities_and_cams, inputs), class_index)
+        return self._compute(partial(explainer.explain_with_probabilities, class_index=class_index), inputs)
 
     def run(
         self, pixels: np.ndarray, method: str | None = None, target: str = PREDICTED, lungs: Lungs | None = None
@@ -127,7 +153,7 @@ class Classifier:
         if method is None:
             probabilities = self.predict_batch(inputs)[0]
         else:
-            raw, cam = self.explainer(method).explain_with_probabilities(inputs, self._class_to_explain(target))
+            raw, cam = self._explained(method, inputs, self._class_to_explain(target))
             probabilities = apply_temperature(raw, self.card.temperature)
             heatmap = _on_image(cam, pixels.shape[:2], box)
             peak = heatmap_peak(heatmap)

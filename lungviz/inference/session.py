@@ -4,15 +4,18 @@ The CLI makes one session per process; a dashboard server shares one per
 weights folder (`shared_session`) between all its pages. Either way each model
 is loaded once, the modality gate routes each image to its task, the lungs are
 found, and a bad file becomes an `Analysis` with an error instead of an exception.
+Every model call (gate, lung segmenter, classifiers) goes through the process's
+one inference service (`lungviz.inference.service`), which runs them on a fixed
+number of threads and batches those of several viewers or files.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from lungviz.inference.images import ChestImage, load_image
 from lungviz.inference.lungs import LUNGS_DIR, Lungs, XrayLungSegmenter, find_lungs, load_segmenter
 from lungviz.inference.modality import GATE_DIR, ModalityAssessment, ModalityGate, assess_modality, load_gate
 from lungviz.inference.prediction import PREDICTED, Classifier, ModelResult
+from lungviz.inference.service import InferenceService, shared_service
 from lungviz.models.cards import ModelCard
 from lungviz.models.registry import discover, load_model, select_cards, weights_dir
 from lungviz.reporting.export import file_record
@@ -69,11 +73,31 @@ class Analysis:
         )
 
 
+class _Steps:
+    """An analysis's progress, kept so that a wait in the models' queue is reported at the step it holds up."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.message, self.step, self.total = "checking the image", 0, 1
+
+    def report(self, message: str, step: int, total: int) -> None:
+        self.message, self.step, self.total = message, step, total
+        if self.progress:
+            self.progress(message, step, total)
+
+    def waiting(self, ahead: int) -> None:
+        """The service's report: the requests ahead while waiting, the step's own message again once it runs."""
+        if self.progress:
+            queue = f"waiting for the models: {ahead} request{'' if ahead == 1 else 's'} ahead"
+            self.progress(queue if ahead else self.message, self.step, self.total)
+
+
 class AnalysisSession:
     """Models of every task, loaded lazily and kept for the life of the process."""
 
-    def __init__(self, weights: Path | None = None) -> None:
+    def __init__(self, weights: Path | None = None, service: InferenceService | None = None) -> None:
         self.root = Path(weights) if weights is not None else weights_dir()
+        self.service = service if service is not None else shared_service()  # before TensorFlow starts: its threads
         self.cards: dict[str, list[ModelCard]] = discover(self.root)
         self._classifiers: dict[tuple[str, str], Classifier] = {}
         # One lock per model (and one for the gate): a model asked for while another thread loads it is
@@ -103,7 +127,7 @@ class AnalysisSession:
         key = (card.task, card.name)
         with self._lock(key):
             if key not in self._classifiers:
-                self._classifiers[key] = Classifier(card, load_model(card))
+                self._classifiers[key] = Classifier(card, load_model(card), self.service)
             return self._classifiers[key]
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
@@ -121,13 +145,17 @@ class AnalysisSession:
     def gate(self) -> ModalityGate | None:
         """The modality gate, loaded on first use (None where the weights folder has none)."""
         with self._lock(("", GATE_DIR)):
-            return load_gate(self.root)
+            gate = load_gate(self.root)
+            return None if gate is None else replace(gate, embedding=self.service.batched(gate.embedding))
 
     @cached_property
     def segmenter(self) -> XrayLungSegmenter | None:
         """The chest X-ray lung segmenter, loaded on first use (None where the weights folder has none)."""
         with self._lock(("", LUNGS_DIR)):
-            return load_segmenter(self.root)
+            segmenter = load_segmenter(self.root)
+            if segmenter is not None:
+                segmenter.forward = self.service.batched(segmenter.forward)
+            return segmenter
 
     def lungs(self, image: ChestImage, task: str) -> Lungs | None:
         """The lungs of an image routed to `task`, found the way that task's modality needs."""
@@ -207,8 +235,26 @@ class AnalysisSession:
         target: str = PREDICTED,
         progress: ProgressCallback | None = None,
     ) -> Analysis:
-        """Gate, route and run the selected models of the chosen task on one image."""
-        analysis = Analysis(file=file or image.name, image=image)
+        """Gate, route and run the selected models of the chosen task on one image.
+
+        Its model calls are one client of the inference service: while they wait
+        behind other viewers' calls, `progress` says how many requests are ahead.
+        """
+        steps = _Steps(progress)
+        with self.service.client(steps.waiting):
+            return self._analyse(image, file or image.name, task, models, method, target, steps)
+
+    def _analyse(
+        self,
+        image: ChestImage,
+        file: str,
+        task: str,
+        models: Sequence[str] | None,
+        method: str | None,
+        target: str,
+        steps: _Steps,
+    ) -> Analysis:
+        analysis = Analysis(file=file, image=image)
         analysis.modality = assess_modality(image, self.gate)
         analysis.task, analysis.warning = self.choose_task(analysis.modality, task)
         if analysis.task is None:
@@ -217,6 +263,7 @@ class AnalysisSession:
         # The models load (mostly Python) while the lungs are found and while model k runs (TensorFlow, which
         # releases the GIL); an image without lungs leaves them loaded for the next one.
         ready = [self._preparer.submit(self._prepared, card, method) for card in cards]
+        steps.message = "finding the lungs"
         analysis.lungs = self.lungs(image, analysis.task)
         if analysis.lungs is not None and not analysis.lungs.found:
             if task == AUTO:  # an abdominal slice or a knee film: a confident answer would mislead
@@ -225,15 +272,13 @@ class AnalysisSession:
                 return analysis
             analysis.warn("no lungs were found in this image; the models saw the whole image as asked")
         for step, (card, classifier) in enumerate(zip(cards, ready, strict=True)):
-            if progress:
-                progress(f"{card.name}: loading and running", step, len(cards))
+            steps.report(f"{card.name}: loading and running", step, len(cards))
             wanted = target if target == PREDICTED or target in card.classes else PREDICTED
             try:
                 analysis.results.append(classifier.result().run(image.pixels, method, wanted, analysis.lungs))
             except (ModelLoadError, ExplanationError) as error:  # a broken model: say so, keep the others
                 analysis.warn(f"model {card.name} could not run: {error}")
-        if progress:
-            progress("done", len(cards), len(cards))
+        steps.report("done", len(cards), len(cards))
         return analysis
 
     def analyse_bytes(self, data: bytes, name: str, **options: Any) -> Analysis:
@@ -251,6 +296,26 @@ class AnalysisSession:
         except OSError as error:
             return Analysis(file=path, error=f"{path}: cannot read file ({error.strerror or error})")
         return self.analyse_bytes(data, path, **options)
+
+    def analyse_paths(self, paths: Iterable[str], **options: Any) -> Iterator[Analysis]:
+        """`analyse_path` of each file, in order, as many at a time as the service batches, so their model calls share.
+
+        No more analyses (images and heatmaps) are held at once: the next file
+        starts when the caller takes the oldest.
+        """
+        at_once = self.service.max_batch
+        started: deque[Future[Analysis]] = deque()
+        with ThreadPoolExecutor(at_once, thread_name_prefix="lungviz-analyse") as pool:
+            try:
+                for path in paths:
+                    if len(started) == at_once:
+                        yield started.popleft().result()
+                    started.append(pool.submit(self.analyse_path, path, **options))
+                while started:
+                    yield started.popleft().result()
+            finally:  # a caller that stops early (an interrupt) waits for the running files only
+                for future in started:
+                    future.cancel()
 
 
 _SHARED: dict[Path, AnalysisSession] = {}

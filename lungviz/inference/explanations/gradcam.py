@@ -35,17 +35,31 @@ class GradCam(Explainer):
 
     def explain_with_probabilities(self, inputs: np.ndarray, class_index: ClassChoice) -> tuple[np.ndarray, np.ndarray]:
         self._check(inputs, 0)
+        return self.chosen(inputs, self.probabilities_and_cams(inputs), class_index)
+
+    def probabilities_and_cams(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (n, classes), every class's map (n, classes, H, W)) for a batch of any size.
+
+        What a shared queue batches: several viewers' images cost one call, and
+        each picks its class afterwards (`chosen`).
+        """
         probabilities, cams = self._compiled(tf.convert_to_tensor(inputs, tf.float32))
-        probabilities = probabilities.numpy()[0]
+        return probabilities.numpy(), cams.numpy()
+
+    def chosen(
+        self, inputs: np.ndarray, outputs: tuple[np.ndarray, np.ndarray], class_index: ClassChoice
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, heatmap of the chosen class) of one image (1, H, W, 3) from its `probabilities_and_cams`."""
+        probabilities, cams = outputs[0][0], outputs[1][0]
         chosen = resolve_class(class_index, probabilities)
         self._check(inputs, chosen)
-        return probabilities, as_heatmap(cams.numpy()[0, chosen], inputs.shape[1:3])
+        return probabilities, as_heatmap(cams[chosen], inputs.shape[1:3])
 
     def _explain(self, inputs: np.ndarray, class_index: int) -> np.ndarray:
         return self.explain_with_probabilities(inputs, class_index)[1]
 
     def _probabilities_and_cams(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """(probabilities (1, classes), maps (1, classes, H, W)) normalised per class to [0, 1]."""
+        """(probabilities (n, classes), maps (n, classes, H, W)), each image's maps normalised per class to [0, 1]."""
         features, logits = self.graph.model(inputs, training=False)
         if self.graph.head == "sigmoid":  # class 1 scores +logit, class 0 scores -logit
             scores = [-logits[:, 0], logits[:, 0]]
@@ -57,7 +71,7 @@ class GradCam(Explainer):
             gradients = tf.gradients(score, features)[0]
             channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
             cams.append(tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1)))
-        cam = tf.stack(cams, axis=-1)  # (1, h, w, classes)
+        cam = tf.stack(cams, axis=-1)  # (n, h, w, classes)
         cam = tf.raw_ops.ResizeBilinear(images=cam, size=tf.shape(inputs)[1:3], align_corners=True)
         low = tf.reduce_min(cam, axis=(1, 2), keepdims=True)
         high = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
