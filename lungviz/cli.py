@@ -461,8 +461,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.save_heatmaps is not None:
         args.save_heatmaps.mkdir(parents=True, exist_ok=True)
     names = OverlayNames()
-    for index, file in enumerate(args.files):
-        analysis = session.analyse_path(file, task=args.task, models=wanted, method=method, target=args.target)
+    # Several files at a time, so that their model calls share batches; records still come in input order.
+    analyses = session.analyse_paths(args.files, task=args.task, models=wanted, method=method, target=args.target)
+    for index, analysis in enumerate(analyses):
         if args.faithfulness:
             _check_heatmaps(session, analysis)
         if args.save_heatmaps is not None:
