@@ -180,6 +180,23 @@ def _build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     gate.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
     gate.set_defaults(handler=_run_gate)
+
+    report = commands.add_parser(
+        "report", help="analyse files and write a PDF study report: settings and models, then one page per file"
+    )
+    report.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, TIFF, BMP or DICOM files")
+    report.add_argument("--out", type=Path, required=True, help="the PDF to write (its folder must exist)")
+    report.add_argument(
+        "--task",
+        default="auto",
+        choices=["auto", *TASKS],
+        help="task to run; 'auto' routes by modality (DICOM header or the modality gate)",
+    )
+    report.add_argument("--models", default=None, help="comma-separated model names (default: all of the task)")
+    report.add_argument("--method", default="gradcam", help="explanation method (default gradcam; 'none' to skip)")
+    report.add_argument("--target", default="predicted", help="class to explain (default: the predicted class)")
+    report.add_argument("--weights", type=Path, default=None, help="weights folder (default: ./weights)")
+    report.set_defaults(handler=_run_report)
     return parser
 
 
@@ -418,6 +435,53 @@ def _run_cards(args: argparse.Namespace) -> int:
         readme.write_text(replace_readme_table(readme.read_text(), table))
     print(table)
     return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    """Each file analysed and drawn on its page as it comes, progress on stderr; bad files get an error page.
+
+    Exit status as for predict: 0 once the inputs were processed, even if every
+    file was rejected (each page says why); 2 for usage errors.
+    """
+    from lungviz.inference.explanations import check_method
+    from lungviz.reporting.study_report import ReportSettings, StudyReport
+
+    method = None if args.method == "none" else args.method
+    check_method(method)
+    if not args.out.parent.is_dir():
+        raise UsageError(f"folder {args.out.parent} for the report does not exist")
+    session = _session(args.weights)
+    wanted = _names(args.models)
+    session.check_request(wanted, args.task, args.target)
+    tasks = session.tasks if args.task == "auto" else [args.task]
+    cards = [card for task in tasks for card in session.cards[task] if wanted is None or card.name in wanted]
+    report = StudyReport(ReportSettings(method=method, target=args.target, task=args.task), cards)
+    failed = 0
+    for index, file in enumerate(args.files, start=1):
+        where = f"[{index}/{len(args.files)}] {file}"
+        _progress(f"{where}: reading")
+
+        def model_progress(message: str, step: int, total: int, where: str = where) -> None:
+            _progress(f"{where}: {message}")  # the session's steps name the model being run
+
+        analysis = session.analyse_path(
+            file, task=args.task, models=wanted, method=method, target=args.target, progress=model_progress
+        )
+        if analysis.error:
+            failed += 1
+            _progress(f"{where}: ERROR {analysis.error}")
+        report.add(analysis)
+    try:
+        args.out.write_bytes(report.finish())
+    except OSError as error:
+        raise UsageError(f"cannot write the report to {args.out} ({error.strerror or error})") from error
+    rejected = f", {failed} of them could not be analysed (see their pages)" if failed else ""
+    print(f"wrote {args.out}: {len(args.files)} file(s){rejected}")
+    return 0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _blocks(value: str) -> int | str:
