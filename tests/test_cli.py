@@ -99,6 +99,7 @@ def test_model_selection_and_heatmaps_on_disk(weights_root, inputs, tmp_path, ca
         (["--task", "mri"], "invalid choice: 'mri'"),
         (["--task", "ct-covid", "--target", "PNEUMONIA"], "cannot explain class 'PNEUMONIA'"),
         (["--weights", "/no/such/weights"], "weights folder /no/such/weights does not exist"),
+        (["--faithfulness", "--method", "none"], "--faithfulness checks heatmaps"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(weights_root, inputs, capsys, arguments, message):
@@ -232,3 +233,42 @@ def test_other_commands_report_bad_arguments_without_a_traceback(arguments, mess
         main(arguments)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+FAITHFULNESS_KEYS = {
+    "deletion_auc",
+    "insertion_auc",
+    "random_deletion_auc",
+    "random_insertion_auc",
+    "gradient_deletion_auc",
+    "gradient_insertion_auc",
+}
+
+
+def test_faithfulness_and_agreement_in_the_json(weights_root, inputs, capsys):
+    status = main(
+        ["predict", inputs[0], "--faithfulness", "--json", "--task", "xray-pneumonia", "--weights", str(weights_root)]
+    )
+    (record,) = _records(capsys)
+    assert status == 0
+    for model in record["models"]:
+        areas = model["faithfulness"]
+        assert set(areas) == {*FAITHFULNESS_KEYS, "seconds"}
+        assert all(0 <= areas[key] <= 1 for key in FAITHFULNESS_KEYS), areas
+        assert areas["seconds"] > 0
+    agreement = record["agreement"]
+    probabilities = [m["probabilities"]["PNEUMONIA"] for m in record["models"]]
+    assert agreement["ensemble"]["mean"] == pytest.approx(np.mean(probabilities), abs=1e-5)
+    assert agreement["ensemble"]["min"] <= agreement["ensemble"]["mean"] <= agreement["ensemble"]["max"]
+    assert agreement["decisions_differ"] == (len({m["predicted"] for m in record["models"]}) > 1)
+    assert (
+        set(agreement["heatmap_rank_correlation"])
+        == set(agreement["hottest_10pct_iou"])
+        == {"flat-softmax|nested-sigmoid"}
+    )
+
+
+def test_without_the_flag_no_heatmap_is_checked(weights_root, inputs, capsys):
+    main(["predict", inputs[0], "--json", "--task", "xray-pneumonia", "--weights", str(weights_root)])
+    (record,) = _records(capsys)
+    assert [m["faithfulness"] for m in record["models"]] == [None, None]

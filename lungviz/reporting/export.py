@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lungviz.inference.agreement import assess_agreement
 from lungviz.inference.prediction import ModelResult
 
 CSV_COLUMNS = [
@@ -57,6 +58,7 @@ def model_record(result: ModelResult) -> dict[str, Any]:
         "lung_attention": None if result.lung_attention is None else round(result.lung_attention, 4),
         "heatmap_peak": None if result.heatmap_peak is None else list(result.heatmap_peak),
         "seconds": round(result.seconds, 4),
+        "faithfulness": None if result.faithfulness is None else result.faithfulness.to_dict(),
     }
 
 
@@ -71,6 +73,7 @@ def file_record(
     results: Sequence[ModelResult] = (),
 ) -> dict[str, Any]:
     """The stable per-file record documented in README (keep keys backwards compatible)."""
+    agreement = assess_agreement(results)
     return {
         "file": file,
         "error": error,
@@ -79,6 +82,7 @@ def file_record(
         "warning": warning,
         "lungs": lungs,
         "models": [model_record(r) for r in results],
+        "agreement": None if agreement is None else agreement.to_dict(),
     }
 
 

@@ -25,7 +25,7 @@ from lungviz.reporting.export import (
 from lungviz.reporting.overlay import overlay_heatmap
 from tests.images_factory import chest_radiograph
 
-RECORD_KEYS = ["file", "error", "task", "modality", "warning", "lungs", "models"]
+RECORD_KEYS = ["file", "error", "task", "modality", "warning", "lungs", "models", "agreement"]
 
 
 def pneumonia_result(name: str, architecture: str, p_pneumonia: float, threshold: float) -> ModelResult:
