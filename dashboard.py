@@ -9,7 +9,9 @@ Run with `python dashboard.py` (the models load while the server starts) or
 * decoded images and analyses live in the user's session, keyed by everything
   that changes a model's answer (file name and digest, frame, window, task, models,
   method, class to explain). Opacity, colormap and outline are not in the key:
-  moving them only redraws overlays from the cached heatmaps.
+  moving them only redraws overlays from the cached heatmaps. A heatmap's
+  faithfulness check is kept on its result inside the cached analysis, so it
+  survives reruns and goes away with the heatmap it checked.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from streamlit.typing import UploadedFile
 from lungviz.errors import (
     ExplanationError,
     ImageInputError,
+    LungVizError,
     ModelCardError,
     ModelLoadError,
 )
+from lungviz.inference.agreement import LOW_CORRELATION, assess_agreement
 from lungviz.inference.explanations import DEFAULT_METHOD, METHODS
+from lungviz.inference.faithfulness import VERDICT_FRACTION, check_heatmap
 from lungviz.inference.images import (
     CT_WINDOWS,
     DEFAULT_CT_WINDOW,
@@ -47,7 +52,7 @@ from lungviz.inference.session import AUTO, Analysis, AnalysisSession, shared_se
 from lungviz.models.cards import ModelCard
 from lungviz.models.registry import weights_dir
 from lungviz.reporting.export import OverlayNames, overlay_filename, png_bytes, to_csv, to_json_lines
-from lungviz.reporting.figures import comparison_chart, probability_chart
+from lungviz.reporting.figures import agreement_matrix, comparison_chart, faithfulness_chart, probability_chart
 from lungviz.reporting.markdown import literal
 from lungviz.reporting.overlay import (
     COLORMAPS,
@@ -315,6 +320,66 @@ def show_model(
     return rgb
 
 
+def show_check(session: AnalysisSession, upload: Upload, analysis: Analysis, result: ModelResult) -> None:
+    """The "Check this heatmap" action and, once run, its verdict and curves (kept on the result)."""
+    if result.faithfulness is None:
+        slot = st.empty()  # the button goes once its check is done
+        clicked = slot.button(
+            "Check this heatmap",
+            key=f"check-{upload.key}-{result.name}",
+            icon=":material/fact_check:",
+            help="Remove (and reveal) the image's pixels hottest first and follow the probability, against a random "
+            "map and the plain image gradient: a faithful map makes it fall faster than both.",
+        )
+        if not clicked or analysis.image is None or analysis.task is None:
+            return
+        card = next(card for card in session.cards[analysis.task] if card.name == result.name)
+        try:
+            with st.spinner(f"Checking the heatmap of {literal(result.name)}..."):
+                result.faithfulness = check_heatmap(
+                    session.classifier(card), analysis.image.pixels, result, analysis.lungs
+                )
+        except LungVizError as error:
+            st.error(literal(f"{result.name}: the heatmap could not be checked: {error}"), icon=":material/error:")
+            return
+        # The page's boundary again: an unforeseen failure (TensorFlow) is this column's message, not a traceback.
+        except Exception as error:  # noqa: BLE001
+            message = f"{result.name}: the heatmap could not be checked: {type(error).__name__}: {error}"
+            st.error(literal(message), icon=":material/error:")
+            return
+        slot.empty()
+    check = result.faithfulness
+    st.caption(literal(check.verdict(VERDICT_FRACTION).capitalize() + f" ({check.seconds:.1f} s)."))
+    st.plotly_chart(faithfulness_chart(check), key=f"faithfulness-{upload.key}-{result.name}")
+
+
+def show_agreement(upload: Upload, analysis: Analysis) -> None:
+    """Do the models agree? Decisions, the ensemble's P(positive) and spread, how alike their heatmaps are."""
+    agreement = assess_agreement(analysis.results)
+    if agreement is None or len(agreement.decisions) < 2:
+        return
+    st.markdown(f"**Do the models agree on {literal(upload.name)}?**")
+    disagreements = agreement.disagreements(LOW_CORRELATION)
+    if disagreements:
+        st.warning(literal("Look here first: " + "; ".join(disagreements) + "."), icon=":material/compare_arrows:")
+    positive, ensemble = agreement.positive_class, agreement.ensemble
+    st.caption(
+        f"Ensemble mean P({positive}) {ensemble['mean']:.1%}: range {ensemble['min']:.1%} to {ensemble['max']:.1%}, "
+        f"standard deviation {ensemble['std']:.1%}."
+    )
+    st.table(
+        [
+            {"model": literal(name), "decision": literal(agreement.decisions[name]), f"P({positive})": f"{p:.1%}"}
+            for name, p in agreement.probabilities.items()
+        ]
+    )
+    st.plotly_chart(agreement_matrix(agreement), key=f"agreement-{upload.key}")
+    st.caption(
+        f"Heatmaps compared on a common grid: rank correlation below {LOW_CORRELATION} means two models "
+        "rank the image's regions differently; the overlap is of each map's hottest 10%."
+    )
+
+
 def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> tuple[Analysis, dict[str, np.ndarray]]:
     """Everything about one file, and its overlays by model; a bad file shows its error and leaves the others alone."""
     st.header(literal(upload.name), divider="gray")
@@ -357,8 +422,10 @@ def show_file(session: AnalysisSession, upload: Upload, controls: Controls) -> t
     for column, result in zip(st.columns(max(len(analysis.results), MIN_COLUMNS)), analysis.results, strict=False):
         with column:
             overlays[result.name] = show_model(upload, image, result, cards[result.name], controls)
+            show_check(session, upload, analysis, result)
     st.markdown(f"**All models on {literal(upload.name)}**")
     st.plotly_chart(comparison_chart(analysis.results), key=f"comparison-{upload.key}")
+    show_agreement(upload, analysis)
     return analysis, overlays
 
 

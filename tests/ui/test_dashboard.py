@@ -126,8 +126,8 @@ def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_on
     assert len(labels) == 4
     assert set(labels[:2]) <= {"NORMAL", "PNEUMONIA"}
     assert set(labels[2:]) <= {"non-COVID", "COVID"}
-    # One probability chart per model plus one comparison per file, all plotly.
-    assert len(app.get("plotly_chart")) == 4 + 2
+    # One probability chart per model plus one comparison and one agreement matrix per file, all plotly.
+    assert len(app.get("plotly_chart")) == 4 + 2 + 2
     # Source image plus one overlay per model, for each good file.
     assert len(overlay_images(app)) == 2 * (1 + 2)
     assert "modality unknown" in texts(app)  # no gate in the fixture: the PNG's routing is explained
@@ -246,6 +246,75 @@ def test_an_image_the_gate_calls_other_is_not_classified_until_a_task_is_chosen(
     assert not app.exception
     assert len(model_runs) == 2
     assert len(model_columns(app)) == 2
+
+
+def charts(app: AppTest) -> dict[str, dict]:
+    """Each plotly chart's figure by the key the page gave it (element ids read '$$ID-<hash>-<key>')."""
+    return {element.proto.id.split("-", 2)[-1]: json.loads(element.proto.spec) for element in app.get("plotly_chart")}
+
+
+def test_check_this_heatmap_shows_a_verdict_and_curves_that_survive_reruns(app, model_runs, monkeypatch):
+    from lungviz.inference import faithfulness
+
+    checks: list[str] = []
+    original = faithfulness.check_heatmap
+
+    def counted(classifier, *args, **kwargs):
+        checks.append(classifier.card.name)
+        return original(classifier, *args, **kwargs)
+
+    monkeypatch.setattr(faithfulness, "check_heatmap", counted)
+    upload(app, ("chest.png", chest_png()))
+    buttons = [button for button in app.button if button.label == "Check this heatmap"]
+    assert len(buttons) == 2
+    buttons[0].click().run()
+    assert not app.exception
+    assert checks == ["flat-softmax"]
+    verdicts = [shown_text(c.value) for c in app.caption if shown_text(c.value).startswith("Removing the top 10%")]
+    assert len(verdicts) == 1
+    assert "a random map of the same size: to" in verdicts[0]
+    figure = next(spec for key, spec in charts(app).items() if "faithfulness" in key and "flat-softmax" in key)
+    traces = figure["data"]
+    assert len(traces) == 6  # deletion and insertion of the heatmap, the random map and the image gradient
+    labels = sorted(trace["name"].split(" (area")[0] for trace in traces)
+    assert labels == sorted(["this heatmap", "random map", "image gradient"] * 2)
+    assert [button.label for button in app.button].count("Check this heatmap") == 1  # the other model's is left
+
+    app.slider[0].set_value(0.9).run()  # a redraw: the check stays, nothing is recomputed
+    assert not app.exception
+    assert checks == ["flat-softmax"]
+    assert len(model_runs) == 2
+    assert [
+        shown_text(c.value) for c in app.caption if shown_text(c.value).startswith("Removing the top 10%")
+    ] == verdicts
+
+
+def test_the_agreement_section_compares_two_models_and_warns_when_they_disagree(app, monkeypatch):
+    upload(app, ("chest.png", chest_png()))
+    assert not app.exception
+    assert any("Do the models agree on chest.png?" in shown_text(m.value) for m in app.markdown)
+    (table,) = [table.value for table in app.table if "decision" in table.value.columns]
+    assert [shown_text(name) for name in table["model"]] == ["flat-softmax", "nested-sigmoid"]
+    assert any("Ensemble mean P(PNEUMONIA)" in c.value for c in app.caption)
+    matrix = next(spec for key, spec in charts(app).items() if key.startswith("agreement"))
+    assert [trace["type"] for trace in matrix["data"]] == ["heatmap", "heatmap"]
+
+    original = Classifier.run
+
+    def contrary(self, *args, **kwargs):  # one model says the opposite of the other
+        result = original(self, *args, **kwargs)
+        result.predicted = "NORMAL" if self.card.name == "flat-softmax" else "PNEUMONIA"
+        return result
+
+    monkeypatch.setattr(Classifier, "run", contrary)
+    upload(app, ("other.png", encode(Image.fromarray(to_8bit(chest_radiograph(seed=3))), "PNG")))
+    assert not app.exception
+    warnings = [shown_text(w.value) for w in app.warning if "Look here first" in w.value]
+    assert len(warnings) == 1
+    assert "the decisions differ (flat-softmax: NORMAL; nested-sigmoid: PNEUMONIA)" in warnings[0]
+
+    app.multiselect[0].unselect("nested-sigmoid").run()  # one model: nothing to compare
+    assert not any("Do the models agree" in m.value for m in app.markdown)
 
 
 def test_downloads_hold_every_file_including_rejected_ones(app):
