@@ -238,7 +238,7 @@ def _first_page(canvas: Canvas, settings: ReportSettings, cards: list[ModelCard]
         _text_lines(canvas, ["No models were given."], MARGIN, y, TEXT, 9)
         return
     header = ["model", "architecture", "input", "threshold", "test ROC-AUC (95% CI)", "sensitivity", "specificity"]
-    widths: list[float] = [80, 72, 34, 50, 78, 72, 72]
+    widths: list[float] = [76, 66, 36, 42, 74, 74, 74]  # a value with its interval fits on one line
     widths.append(CONTENT_WIDTH - sum(widths))
     header.append("ROC-AUC per source")
     by_task: dict[str, list[ModelCard]] = {}
@@ -584,6 +584,8 @@ def _table(canvas: Canvas, rows: list[list[Paragraph]], widths: list[float], top
         ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#bbbbbb")),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ("TOPPADDING", (0, 0), (-1, -1), 2),
+        ("LEFTPADDING", (0, 0), (-1, -1), 3),
+        ("RIGHTPADDING", (0, 0), (-1, -1), 3),
         ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
     ]
     if header:
