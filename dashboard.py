@@ -62,6 +62,7 @@ from lungviz.reporting.overlay import (
     outline_region,
     render_overlay,
 )
+from lungviz.reporting.study_report import ReportSettings, pdf_report, summary_rows
 from lungviz.reporting.tables import model_summary
 
 CUSTOM_WINDOW = "custom"
@@ -298,6 +299,13 @@ def show_model(
     st.caption(model_summary(card))
     rgb = overlay(image, result, controls)
     st.image(rgb, caption=f"{METHODS[result.method].label} for {result.explained_class}", width="stretch")
+    if (survived := card.failed_randomisation(result.method)) is not None:
+        st.warning(
+            f"{METHODS[result.method].label} failed the randomisation check for this model: its maps stay alike "
+            f"(rank correlation {survived:.2f}) when the model's weights are destroyed, so read this map as the "
+            "image's structure, not the model's evidence.",
+            icon=":material/warning:",
+        )
     positive = result.positive_class
     st.metric(
         "Prediction", result.predicted, help=f"{positive} when calibrated P({positive}) >= {result.threshold:.3f}"
@@ -505,7 +513,25 @@ def main() -> None:
         analysis, drawn = show_file(session, upload, controls)
         analyses.append(analysis)
         overlays.update({names.claim(index, upload.name, model): rgb for model, rgb in drawn.items()})
+    show_study(session, analyses, controls)
     show_downloads(analyses, overlays)
+
+
+def show_study(session: AnalysisSession, analyses: list[Analysis], controls: Controls) -> None:
+    """All files at once: a sortable summary table (click a column to sort) and the PDF study report."""
+    st.header("Study summary", divider="gray")
+    st.dataframe(summary_rows(analyses), hide_index=True)
+    tasks = session.tasks if controls.task == AUTO else [controls.task]
+    cards = [card for task in tasks for card in session.cards[task] if card.name in controls.models]
+    settings = ReportSettings(method=controls.method, target=controls.target, task=controls.task)
+    st.download_button(
+        "Study report (PDF)",
+        lambda: pdf_report(analyses, settings, cards),
+        file_name="lungviz_study_report.pdf",
+        mime="application/pdf",
+        on_click="ignore",
+        icon=":material/picture_as_pdf:",
+    )
 
 
 def serve() -> None:

@@ -73,6 +73,14 @@ class ModelCard:
     def temperature(self) -> float:
         return float(self.calibration.get("temperature", 1.0))
 
+    def failed_randomisation(self, method: str | None) -> float | None:
+        """The rank correlation left once the model was destroyed, when `method` failed the randomisation
+        check on this model (its maps show the image, not the model); None when it passed or was not checked."""
+        result = self.metrics.get("randomisation", {}).get(method or "")
+        if not result or result.get("passed", True):
+            return None
+        return float(result["rank_correlation"][-1])
+
     @property
     def positive_index(self) -> int:
         return self.classes.index(self.positive_class)

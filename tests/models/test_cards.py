@@ -60,3 +60,19 @@ def test_unreadable_card_files(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ModelCardError, match=message):
         ModelCard.load(path)
+
+
+@pytest.mark.parametrize(
+    ("randomisation", "expected"),
+    [
+        ({"gradcam": {"rank_correlation": [0.9, 0.8], "passed": False}}, 0.8),
+        ({"gradcam": {"rank_correlation": [0.4, 0.1], "passed": True}}, None),
+        ({"layercam": {"rank_correlation": [0.9, 0.8], "passed": False}}, None),
+        ({}, None),
+    ],
+    ids=["failed", "passed", "another method failed", "not checked"],
+)
+def test_a_failed_randomisation_check_is_reported_per_method(randomisation, expected):
+    card = ModelCard(**{**VALID, "metrics": {"randomisation": randomisation}})
+    assert card.failed_randomisation("gradcam") == expected
+    assert card.failed_randomisation(None) is None

@@ -321,7 +321,25 @@ def test_downloads_hold_every_file_including_rejected_ones(app):
     upload(app, ("chest.png", chest_png()), ("notes.png", b"just some text, not an image"))
     labels = [button.label for button in app.get("download_button")]
     assert labels.count("Overlay PNG") == 2
-    assert {"Results (CSV)", "Results (JSON Lines)", "All overlays (ZIP)"} <= set(labels)
+    assert {"Results (CSV)", "Results (JSON Lines)", "All overlays (ZIP)", "Study report (PDF)"} <= set(labels)
+    summary = app.dataframe[-1].value.set_index("file")
+    assert list(summary.index) == ["chest.png", "notes.png"]
+    assert summary.loc["notes.png", "error"]  # the rejected file keeps its row and says why
+    assert summary.loc["chest.png", "error"] is None or summary.isna().loc["chest.png", "error"]
+
+
+def test_a_method_that_failed_the_randomisation_check_is_marked_on_its_column(weights_root, tmp_path, monkeypatch):
+    weights = shutil.copytree(weights_root, tmp_path / "weights")
+    card_path = weights / "xray-pneumonia" / "flat-softmax.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"] = {"randomisation": {"gradcam": {"steps": ["head", "all"], "rank_correlation": [0.97, 0.91],
+                                                      "passed": False, "pass_below": 0.5}}}  # fmt: skip
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights))
+    app = upload(AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run(), ("chest.png", chest_png()))
+    warnings = [w.value for w in app.warning if "randomisation check" in w.value]
+    assert len(warnings) == 1  # only the model whose card says so
+    assert "rank correlation 0.91" in warnings[0]
 
 
 def markdown_sources(app: AppTest) -> list[str]:
