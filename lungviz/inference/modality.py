@@ -2,12 +2,13 @@
 
 A DICOM header that names the modality is trusted first. Otherwise the gate embeds
 the image with an ImageNet EfficientNet-Lite0 backbone (global-average pooled
-features), whitens the features with PCA fitted on training images of both
-modalities, and measures the Mahalanobis distance to each modality's mean under a
-shared covariance (probabilistic PCA). The nearest modality is the prediction;
-the distance to it, divided by a threshold set on validation images, is the
-out-of-distribution score: above 1 the image is called "other". Photos,
-documents and other body parts land far from both chest clusters.
+features) and applies a linear discriminant over three classes: X-ray, CT and
+"other", the last fitted on non-chest pictures (photos, documents, faces, other
+body parts and modalities). A distance to the chest clusters alone cannot tell a
+head CT or an MR slice from an unfamiliar chest film, since both are simply far;
+a class that has seen what "other" looks like can. The out-of-distribution score
+is P(other) divided by the likelier chest modality's probability: above 1 the
+image is called "other".
 
 This module applies a fitted gate; `lungviz.training.gate` fits and measures it.
 """
@@ -76,39 +77,46 @@ class ModalityAssessment:
         return f"{names[self.predicted]}, out-of-distribution score {self.score:.2f}; above 1 means other"
 
 
+CLASSES = (*MODALITIES, "other")
+"""The gate's classes, in the order of its weight columns."""
+OTHER = CLASSES.index("other")
+_MAX_LOG_ODDS = 30.0
+"""Scores are capped at e^30 so that they stay finite numbers in JSON."""
+
+
 @dataclass
 class ModalityGate:
-    """Embedding model plus the fitted class means, principal subspace and threshold.
+    """Embedding model plus a linear classifier over CLASSES (chest modalities, then other).
 
-    Distances are those of probabilistic PCA: Mahalanobis inside the `basis`
-    subspace of within-modality variation, plus the residual outside it scaled
-    by its average variance. The residual matters: photos and documents differ
-    from chest images mostly in directions chest images never vary in.
+    Linear discriminant analysis: class means under a shared, shrunk covariance,
+    stored as its `weights` (d, classes) and `bias`, so applying it needs numpy only.
     """
 
     embedding: Callable[[np.ndarray], Any]
     """Model inputs (n, 224, 224, 3) -> features (n, d), in inference mode."""
-    class_means: np.ndarray
-    basis: np.ndarray
-    scale: np.ndarray
-    residual_variance: float
-    threshold: float
+    weights: np.ndarray
+    bias: np.ndarray
 
-    def distances(self, features: np.ndarray) -> np.ndarray:
-        """Distance of each feature row to each modality, shape (n, modalities)."""
-        offsets = features[:, None, :] - self.class_means[None, :, :]
-        inside = offsets @ self.basis
-        residual = np.maximum((offsets**2).sum(-1) - (inside**2).sum(-1), 0.0)
-        return np.sqrt(((inside / self.scale) ** 2).sum(-1) + residual / self.residual_variance)
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Unnormalised log-probabilities, shape (n, classes)."""
+        return np.asarray(features, np.float64) @ self.weights + self.bias
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """P(other) / P(likelier chest modality) per row: above 1 the row is called other."""
+        logits = self.logits(features)
+        log_odds = logits[:, OTHER] - logits[:, :OTHER].max(axis=1)
+        return np.exp(np.clip(log_odds, -_MAX_LOG_ODDS, _MAX_LOG_ODDS))
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Index into CLASSES of each row's verdict."""
+        return np.asarray(self.logits(features).argmax(axis=1))
 
     def embed(self, images: Iterable[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        return embed_images(self.embedding, images, batch_size, self.class_means.shape[1])
+        return embed_images(self.embedding, images, batch_size, self.weights.shape[0])
 
     def assess(self, pixels: np.ndarray) -> ModalityAssessment:
-        distances = self.distances(self.embed([pixels]))[0]
-        nearest = int(np.argmin(distances))
-        score = float(distances[nearest] / self.threshold)
-        return ModalityAssessment("other" if score > 1.0 else MODALITIES[nearest], score, "gate")
+        features = self.embed([pixels])
+        return ModalityAssessment(CLASSES[int(self.predict(features)[0])], float(self.scores(features)[0]), "gate")
 
 
 def load_gate(weights_root: Path) -> ModalityGate | None:
@@ -124,14 +132,7 @@ def load_gate(weights_root: Path) -> ModalityGate | None:
     # Compiled once: an eager call of the ~100-layer embedding costs several times its graph.
     embedding = tf.function(partial(model, training=False), input_signature=[tf.TensorSpec((None, *INPUT_SIZE, 3))])
     with np.load(folder / STATS_FILE, allow_pickle=False) as stats:
-        return ModalityGate(
-            embedding,
-            stats["class_means"],
-            stats["basis"],
-            stats["scale"],
-            float(stats["residual_variance"]),
-            float(stats["threshold"]),
-        )
+        return ModalityGate(embedding, stats["weights"], stats["bias"])
 
 
 def gate_card(weights_root: Path) -> dict[str, Any] | None:

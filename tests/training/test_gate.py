@@ -1,4 +1,4 @@
-"""Fitting the gate on several sources, leave-one-source-out, augmentation and the gate CLI."""
+"""Fitting the gate on several sources, leave-one-source-out and -family-out, augmentation and the gate CLI."""
 
 from pathlib import Path
 
@@ -8,14 +8,17 @@ import pytest
 
 from lungviz.cli import USAGE_ERROR, main
 from lungviz.tasks import MODALITIES
+from lungviz.training import gate as gate_fitting
 from lungviz.training.gate import (
     GateDataError,
     GateSource,
     SourceFeatures,
     augment,
     dicom_renderings,
+    embed_other,
     embed_source,
     fit_on_sources,
+    leave_one_family_out,
     leave_one_source_out,
     routing_rates,
 )
@@ -35,67 +38,105 @@ def _source(rng, modality, offset, spread=1.0, n=300):
     return SourceFeatures(modality, draw(n), draw(n // 2), test, test + rng.normal(0, 0.3, test.shape))
 
 
+def _direction(*dims, length=8.0):
+    vector = np.zeros(DIMS)
+    vector[list(dims)] = length
+    return vector
+
+
 @pytest.fixture
 def sources():
-    """Two X-ray and two CT sources whose offsets lie inside each modality's spread, and one far-off X-ray source."""
+    """Two X-ray and two CT sources whose offsets lie inside each modality's spread."""
     rng = np.random.default_rng(0)
-    shift = np.zeros(DIMS)
-    shift[8] = 1.5
-    far = np.zeros(DIMS)
-    far[12:16] = 20.0
+    shift = _direction(8, length=1.5)
     return {
         "pediatric": _source(rng, "xray", shift),
         "adult": _source(rng, "xray", -shift),
         "cropped_ct": _source(rng, "ct", shift),
         "full_field_ct": _source(rng, "ct", -shift),
-        "odd_xray": _source(rng, "xray", far),
     }
 
 
-def test_pooled_fit_routes_every_source_and_rejects_far_points(sources):
-    gate = fit_on_sources(None, sources, components=8, quantile=0.99)
+@pytest.fixture
+def families():
+    """Non-chest families: (fitted pool, tested images). Pictures share a "not a chest image" direction
+    plus one of their own; "head_ct" lies beside the CT cluster instead, so only a gate that has seen it
+    calls it other."""
+    rng = np.random.default_rng(1)
+    not_chest = _direction(12, 13, length=6.0)
+    centres = {
+        "photos": not_chest + _direction(14, length=6.0),
+        "documents": not_chest + _direction(15, length=6.0),
+        "faces": not_chest + _direction(16, length=6.0),
+        "head_ct": MODALITY_CENTRE["ct"] + _direction(20, 21, length=6.0),
+    }
+    pool = {name: centre + rng.normal(0, 1, (200, DIMS)) for name, centre in centres.items()}
+    tested = {name: centre + rng.normal(0, 1, (40, DIMS)) for name, centre in centres.items()}
+    return pool, tested
+
+
+def test_pooled_fit_routes_every_source_and_calls_fitted_families_other(sources, families):
+    pool, tested = families
+    gate = fit_on_sources(None, sources, pool)
     for features in sources.values():
         assert routing_rates(gate, features.test, features.modality)["routed"] > 0.95
-    far = np.random.default_rng(1).normal(0, 1, (100, DIMS)) + np.r_[np.zeros(DIMS - 4), np.full(4, 25.0)]
-    assert routing_rates(gate, far, None)["called_other"] == 1.0
+    for images in tested.values():
+        assert routing_rates(gate, images, None)["called_other"] > 0.95
 
 
-def test_leave_one_source_out_never_fits_on_the_held_out_source(sources):
-    rows = {row["held_out"]: row for row in leave_one_source_out(sources, {}, components=8, quantile=0.99)}
+def test_leave_one_source_out_never_fits_on_the_held_out_source(sources, families):
+    pool, _ = families
+    rows = {row["held_out"]: row for row in leave_one_source_out(sources, pool)}
     assert set(rows) == set(sources)
     for name, row in rows.items():
         assert name not in row["fitted_on"]
         assert row["unseen"]["images"] == len(sources[name].unseen())
-    # Sources like their siblings are routed without having been seen ...
-    for name in ("pediatric", "adult", "cropped_ct", "full_field_ct"):
+        assert row["unseen"]["routed"] + row["unseen"]["called_other"] + row["unseen"]["wrong_modality"] == (
+            pytest.approx(1.0)
+        )
+    for name in sources:  # sources like their siblings are routed without having been seen
         assert rows[name]["unseen"]["routed"] > 0.9, name
-    # ... but a source unlike every other one is not: had it been fitted on, it would be routed.
-    assert rows["odd_xray"]["unseen"]["called_other"] > 0.9
-    assert fit_on_sources(None, sources, components=8).threshold > rows["odd_xray"]["threshold"]
 
 
-def test_leave_one_source_out_skips_a_modality_with_one_source(sources):
+def test_leave_one_family_out_never_fits_on_the_held_out_family(sources, families):
+    pool, tested = families
+    report = leave_one_family_out(sources, pool, tested)
+    rates = report["non_chest"]
+    assert set(rates) == set(tested)
+    assert all(rates[f]["images"] == len(tested[f]) for f in tested)
+    for family in ("photos", "documents", "faces"):  # like the other pictures: called other even unseen
+        assert rates[family]["called_other"] > 0.9, family
+    # A family just beside the CT cluster is routed to CT when unseen, though the pooled fit calls it other.
+    assert rates["head_ct"]["called_other"] < 0.5
+    assert routing_rates(fit_on_sources(None, sources, pool), tested["head_ct"], None)["called_other"] > 0.9
+    assert report["non_chest_summary"]["natural"]["images"] == 120
+
+
+def test_leave_one_source_out_skips_a_modality_with_one_source(sources, families):
+    pool, _ = families
     one_ct = {name: sources[name] for name in ("pediatric", "adult", "cropped_ct")}
-    rows = leave_one_source_out(one_ct, {"noise": np.full((5, DIMS), 30.0)}, components=8)
-    assert [row["held_out"] for row in rows] == ["pediatric", "adult"]
-    assert all(row["non_chest"]["noise"]["called_other"] == 1.0 for row in rows)
+    assert [row["held_out"] for row in leave_one_source_out(one_ct, pool)] == ["pediatric", "adult"]
     with pytest.raises(GateDataError, match="two sources"):
-        leave_one_source_out({name: sources[name] for name in ("pediatric", "cropped_ct")}, {})
+        leave_one_source_out({name: sources[name] for name in ("pediatric", "cropped_ct")}, pool)
 
 
-def test_fit_refuses_a_missing_modality(sources):
+def test_fit_refuses_a_missing_class(sources, families):
+    pool, _ = families
     with pytest.raises(GateDataError, match="ct"):
-        fit_on_sources(None, {"pediatric": sources["pediatric"]})
+        fit_on_sources(None, {"pediatric": sources["pediatric"]}, pool)
+    with pytest.raises(GateDataError, match="other"):
+        fit_on_sources(None, sources, {})
 
 
-def test_routing_rates_split_into_routed_other_and_wrong(sources):
-    gate = fit_on_sources(None, sources, components=8)
-    mixed = np.concatenate([sources["adult"].test, sources["cropped_ct"].test, np.full((50, DIMS), 40.0)])
+def test_routing_rates_split_into_routed_other_and_wrong(sources, families):
+    pool, tested = families
+    gate = fit_on_sources(None, sources, pool)
+    mixed = np.concatenate([sources["adult"].test, sources["cropped_ct"].test, tested["photos"]])
     rates = routing_rates(gate, mixed, "xray")
     assert rates["images"] == len(mixed)
     assert rates["routed"] + rates["called_other"] + rates["wrong_modality"] == pytest.approx(1.0)
     assert rates["wrong_modality"] == pytest.approx(len(sources["cropped_ct"].test) / len(mixed), abs=0.02)
-    assert rates["called_other"] == pytest.approx(50 / len(mixed), abs=0.02)
+    assert rates["called_other"] == pytest.approx(len(tested["photos"]) / len(mixed), abs=0.02)
 
 
 def _radiograph(size=96, seed=0):
@@ -174,6 +215,22 @@ def test_embed_source_augments_training_images_and_caches(tmp_path):
     np.testing.assert_array_equal(again.fit, features.fit)
     embed_source(embedding, source, copies=1, cache=tmp_path / "cache")
     assert embedding.seen == 42 + 36, "a different recipe is not served from the cache"
+
+
+def test_embed_other_reframes_each_family_and_tests_only_its_own_pictures(tmp_path, monkeypatch):
+    pictures = {"photos": {"a": _radiograph(64, 1), "b": _radiograph(64, 2)}, "mr": {"c": _radiograph(64, 3)}}
+    pool = {"photos": {**pictures["photos"], "extra": _radiograph(64, 4)}, "mr": dict(pictures["mr"])}
+    monkeypatch.setattr(gate_fitting, "non_chest_images", lambda: pictures)
+    monkeypatch.setattr(gate_fitting, "other_pool_images", lambda: pool)
+    monkeypatch.setattr(gate_fitting, "OTHER_COPIES", 12)
+    embedding = _CountingEmbedding()
+    other = embed_other(embedding, cache=tmp_path)
+    assert {f: len(v) for f, v in other.fit.items()} == {"photos": 3 + 3 * 4, "mr": 1 + 12}
+    assert {f: len(v) for f, v in other.tested.items()} == {"photos": 2, "mr": 1}
+    seen = embedding.seen
+    again = embed_other(embedding, cache=tmp_path)
+    assert embedding.seen == seen, "the second call reads the cache"
+    np.testing.assert_array_equal(again.fit["photos"], other.fit["photos"])
 
 
 def test_dicom_source_is_fitted_whole_and_rendered_in_every_ct_window(tmp_path):
