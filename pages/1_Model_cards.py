@@ -205,8 +205,9 @@ def show_comparison(task: str, cards: list[ModelCard]) -> None:
     )
 
 
-def _gate_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
-    """Routing of each source's test images, plain and re-framed, and of the non-chest pictures."""
+def _gate_rows(evaluation: dict[str, Any], held_out_families: dict[str, Any]) -> list[dict[str, Any]]:
+    """Routing of each source's test images, plain and re-framed, and of non-chest pictures from families
+    the gate was fitted without."""
     rows = []
     for source, rates in evaluation.items():
         for variant in ("test", "test_reframed"):
@@ -214,7 +215,7 @@ def _gate_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
                 counts = rates[variant]
                 rows.append({"images": f"{source} ({variant.replace('_', ', ')})", "count": counts["images"],
                              "routed": counts["routed"], "called other": counts["called_other"]})  # fmt: skip
-    for family, counts in evaluation.get("non_chest_summary", {}).items():
+    for family, counts in held_out_families.get("non_chest_summary", {}).items():
         rows.append({"images": family.replace("_", " "), "count": counts["images"], "routed": None,
                      "called other": counts["called_other"]})  # fmt: skip
     return rows
@@ -255,9 +256,10 @@ if gate:
     st.header("Modality gate")
     st.markdown(f"**Method:** {gate['method']}  \n**Threshold rule:** {gate['threshold_rule']}")
     if evaluation := gate.get("evaluation"):
-        st.dataframe(_gate_rows(evaluation), hide_index=True)
+        st.dataframe(_gate_rows(evaluation, gate.get("leave_one_family_out", {})), hide_index=True)
         st.caption("Each source's test split, as stored and re-framed (borders, markers, windows, JPEG); non-chest "
-                   "pictures from scikit-image, scikit-learn and pydicom.")  # fmt: skip
+                   "pictures from scikit-image, scikit-learn and pydicom, each family scored by a gate fitted "
+                   "without it.")  # fmt: skip
     if folds := gate.get("leave_one_source_out"):
         st.markdown("**Leave one source out**: fitted without a source, then routing that source's images")
         st.dataframe(_held_out_rows(folds), hide_index=True)

@@ -501,8 +501,8 @@ def test_model_cards_page_compares_models_with_plots_and_shows_no_json(weights_r
                 "threshold_rule": "99.5th percentile",
                 "evaluation": {
                     "kermany": {"modality": "xray", "test": {"images": 10, "routed": 1.0, "called_other": 0.0}},
-                    "non_chest_summary": {"natural": {"images": 24, "called_other": 0.9583}},
                 },
+                "leave_one_family_out": {"non_chest_summary": {"natural": {"images": 24, "called_other": 0.9583}}},
                 "leave_one_source_out": [{"held_out": "nih", "unseen": held_out}],
             }
         )
