@@ -45,6 +45,7 @@ THREADS_VARIABLE = "LUNGVIZ_TF_THREADS"
 GATHER_SECONDS = 0.04
 """How long a request that finds the models idle waits for others of its kind (only while others could come)."""
 MAX_BATCH = 8
+"""Images (input rows) per batch; a request with more (a faithfulness curve) runs alone, as it came."""
 
 WaitReport = Callable[[int], None]
 """Called with the number of requests ahead of a waiting one each time it changes (0: it runs now)."""
@@ -118,7 +119,7 @@ _CLIENT: contextvars.ContextVar[_Client | None] = contextvars.ContextVar("lungvi
 
 @dataclass(eq=False)
 class InferenceService:
-    """A queue in front of the models, executed by `workers` threads, gathering batches of up to `max_batch`."""
+    """A queue in front of the models, executed by `workers` threads, gathering batches of up to `max_batch` rows."""
 
     workers: int = 1
     gather_seconds: float = GATHER_SECONDS
@@ -228,7 +229,7 @@ class InferenceService:
             self._gathering.add(group)
             try:
                 deadline = first.arrived + self.gather_seconds
-                while not self._closed and len(self._members(group)) < self._could_join(group):
+                while not self._closed and not self._ready(group):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -248,12 +249,29 @@ class InferenceService:
         return None
 
     def _members(self, group: Hashable) -> list[_Request]:
-        return [r for r in self._pending if r.group == group][: self.max_batch]
+        """The group's oldest requests that fit in `max_batch` rows together (at least one, however large)."""
+        members: list[_Request] = []
+        rows = 0
+        for request in self._pending:
+            if request.group == group:
+                rows += len(request.inputs)
+                if members and rows > self.max_batch:
+                    break
+                members.append(request)
+        return members
 
-    def _could_join(self, group: Hashable) -> int:
-        """How many requests this group's batch may still hope for: clients not held up by another group's request."""
+    def _ready(self, group: Hashable) -> bool:
+        """Whether the group's batch should go now: it is full, or every client that could still join it has.
+
+        A client held up by another group's request cannot join before that
+        one is done; one between requests (finding lungs, drawing) might.
+        """
+        members = self._members(group)
+        queued = sum(r.group == group for r in self._pending)
+        if len(members) < queued or sum(len(r.inputs) for r in members) >= self.max_batch:
+            return True  # full
         busy = {r.client for r in (*self._pending, *self._running) if r.group != group and r.client is not None}
-        return max(1, min(self.max_batch, len(self._clients - busy)))
+        return len(members) >= len(self._clients - busy)
 
 
 def _execute(batch: list[_Request]) -> None:

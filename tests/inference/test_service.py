@@ -151,6 +151,17 @@ def test_a_failing_request_fails_only_itself(cards, service, batch_sizes, bad, e
     assert batch_sizes == batches
 
 
+def test_a_batch_holds_at_most_max_batch_rows_and_a_larger_request_runs_alone(service, batch_sizes):
+    inputs = [np.full((rows, 3), float(rows)) for rows in (2, 2, 5, 1)]
+    batch_sizes.clear()
+
+    outcomes = queued_together(service, [partial(service.run, _doubled_unless_nan, x) for x in inputs])
+
+    assert batch_sizes == [1, 2, 1, 1]  # the held-up request; 2 + 2 rows; 5 rows alone; the last one
+    for got, want in zip(outcomes, inputs, strict=True):
+        np.testing.assert_array_equal(got, 2 * want)
+
+
 def test_the_queue_position_reported_decreases_to_zero(service):
     reports: list[list[int]] = [[] for _ in range(4)]
     threads = []
