@@ -206,6 +206,22 @@ class SourceFeatures:
         return self.test_augmented if len(self.test_augmented) else self.fit[self.counts.get("train_plain", 0) :]
 
 
+def _cached_arrays(
+    cache: Path | None, prefix: str, key: str, compute: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """`compute()`'s arrays, kept as .npz in `cache` under a name hashed from `key` (everything that shapes them)."""
+    if cache is None:
+        return compute()
+    cached = cache / f"{prefix}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+    if cached.is_file():
+        with np.load(cached) as stored:
+            return {name: stored[name] for name in stored.files}
+    arrays: dict[str, Any] = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(cached, **arrays)
+    return arrays
+
+
 def embed_source(
     embedding: Callable[[np.ndarray], Any],
     source: GateSource,
@@ -218,11 +234,8 @@ def embed_source(
     """Embed a source's splits with `copies` augmented versions of each training image (one per
     validation and test image); cached as .npz in `cache`, keyed by everything that shapes them."""
     key = f"{source.modality}|{source.path.resolve()}|{per_source}|{copies}|{seed}|{AUGMENTATION_VERSION}"
-    cached = None if cache is None else cache / f"gate-{source.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
-    if cached is not None and cached.is_file():
-        with np.load(cached) as stored:
-            arrays = {name: stored[name] for name in stored.files}
-    else:
+
+    def compute() -> dict[str, np.ndarray]:
         arrays = {}
         for split, split_copies in zip(SPLITS, (copies, 1, 1), strict=True):
             images = source.images(split, per_source if split == "train" else None, seed)
@@ -230,9 +243,9 @@ def embed_source(
             varied = [augment(image, rng) for _ in range(split_copies) for image in images]
             arrays[f"{split}_plain"] = embed_images(embedding, images)
             arrays[f"{split}_augmented"] = embed_images(embedding, varied)
-        if cached is not None:
-            cache.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            np.savez(cached, **arrays)
+        return arrays
+
+    arrays = _cached_arrays(cache, f"gate-{source.name}", key, compute)
     return SourceFeatures(
         source.modality,
         fit=np.concatenate([arrays["train_plain"], arrays["train_augmented"]]),
@@ -462,11 +475,8 @@ class OtherFeatures:
 def embed_other(embedding: Callable[[np.ndarray], Any], *, seed: int = 0, cache: Path | None = None) -> OtherFeatures:
     """Embed the non-chest pool with OTHER_COPIES re-framings per family; cached like `embed_source`."""
     key = f"other|{OTHER_COPIES}|{seed}|{AUGMENTATION_VERSION}|{OTHER_POOL_VERSION}"
-    cached = None if cache is None else cache / f"gate-other-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
-    if cached is not None and cached.is_file():
-        with np.load(cached) as stored:
-            arrays = {name: stored[name] for name in stored.files}
-    else:
+
+    def compute() -> dict[str, np.ndarray]:
         tested = non_chest_images()
         arrays = {}
         for index, (family, named) in enumerate(other_pool_images().items()):
@@ -476,9 +486,9 @@ def embed_other(embedding: Callable[[np.ndarray], Any], *, seed: int = 0, cache:
             varied = [augment(image, rng) for _ in range(copies) for image in images]
             arrays[f"{family}|fit"] = np.concatenate([embed_images(embedding, images), embed_images(embedding, varied)])
             arrays[f"{family}|tested"] = embed_images(embedding, list(tested[family].values()))
-        if cached is not None:
-            cache.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            np.savez(cached, **arrays)
+        return arrays
+
+    arrays = _cached_arrays(cache, "gate-other", key, compute)
     families = [name.split("|")[0] for name in arrays if name.endswith("|fit")]
     return OtherFeatures({f: arrays[f"{f}|fit"] for f in families}, {f: arrays[f"{f}|tested"] for f in families})
 
