@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 
+from lungviz.inference.prediction import ModelResult
 from lungviz.models.cards import ModelCard
 from lungviz.tasks import TASKS
 
@@ -111,3 +112,24 @@ def make_card(task: str = "xray-pneumonia", **fields) -> ModelCard:
         "cam_layer": "c",
     }
     return ModelCard(**{**values, **fields})
+
+
+def model_result(
+    name: str, p_positive: float, threshold: float = 0.5, *, task: str = "xray-pneumonia", **fields
+) -> ModelResult:
+    """A model's answer as `Classifier.run` gives it, explaining the class it predicted; `fields` override."""
+    negative, positive = TASKS[task].classes
+    predicted = positive if p_positive >= threshold else negative
+    values = {
+        "name": name,
+        "architecture": name,
+        "classes": [negative, positive],
+        "positive_class": positive,
+        "probabilities": {negative: 1.0 - p_positive, positive: p_positive},
+        "predicted": predicted,
+        "threshold": threshold,
+        "seconds": 0.1,
+        "method": "gradcam",
+        "explained_class": predicted,
+    }
+    return ModelResult(**{**values, **fields})

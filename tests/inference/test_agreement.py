@@ -7,6 +7,7 @@ import pytest
 
 from lungviz.inference.agreement import assess_agreement, hottest, iou, on_grid, ranks, spearman
 from lungviz.inference.prediction import ModelResult
+from tests.model_factory import model_result
 
 
 def test_ranks_average_ties_as_spearman_needs():
@@ -52,20 +53,7 @@ def test_maps_of_different_resolutions_meet_on_the_grid():
 
 
 def result(name: str, p: float, heatmap: np.ndarray | None, threshold: float = 0.5) -> ModelResult:
-    predicted = "PNEUMONIA" if p >= threshold else "NORMAL"
-    return ModelResult(
-        name=name,
-        architecture=name,
-        classes=["NORMAL", "PNEUMONIA"],
-        positive_class="PNEUMONIA",
-        probabilities={"NORMAL": 1 - p, "PNEUMONIA": p},
-        predicted=predicted,
-        threshold=threshold,
-        seconds=0.1,
-        method="gradcam",
-        explained_class=predicted,
-        heatmap=heatmap,
-    )
+    return model_result(name, p, threshold, heatmap=heatmap)
 
 
 def blob(row: float, column: float, shape=(240, 200)) -> np.ndarray:

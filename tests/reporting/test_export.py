@@ -24,25 +24,14 @@ from lungviz.reporting.export import (
 )
 from lungviz.reporting.overlay import overlay_heatmap
 from tests.images_factory import chest_radiograph
+from tests.model_factory import model_result
 
 RECORD_KEYS = ["file", "error", "task", "modality", "warning", "lungs", "models", "agreement"]
 
 
 def pneumonia_result(name: str, architecture: str, p_pneumonia: float, threshold: float) -> ModelResult:
     """An X-ray model's answer as `Classifier.run` gives it, explaining the class it predicted."""
-    predicted = "PNEUMONIA" if p_pneumonia >= threshold else "NORMAL"
-    return ModelResult(
-        name=name,
-        architecture=architecture,
-        classes=["NORMAL", "PNEUMONIA"],
-        positive_class="PNEUMONIA",
-        probabilities={"NORMAL": 1.0 - p_pneumonia, "PNEUMONIA": p_pneumonia},
-        predicted=predicted,
-        threshold=threshold,
-        seconds=0.123456,
-        method="gradcam",
-        explained_class=predicted,
-    )
+    return model_result(name, p_pneumonia, threshold, architecture=architecture, seconds=0.123456)
 
 
 RESULTS = [

@@ -2,18 +2,12 @@ import pytest
 
 from lungviz.inference.prediction import ModelResult
 from lungviz.reporting.figures import comparison_chart, probability_chart
+from tests.model_factory import model_result
 
 
 def _result(name: str, p_covid: float, threshold: float) -> ModelResult:
-    return ModelResult(
-        name=name,
-        architecture="arch",
-        classes=["non-COVID", "COVID"],
-        positive_class="COVID",
-        probabilities={"non-COVID": 1 - p_covid, "COVID": p_covid},
-        predicted="COVID" if p_covid >= threshold else "non-COVID",
-        threshold=threshold,
-        seconds=0.1,
+    return model_result(
+        name, p_covid, threshold, task="ct-covid", architecture="arch", method=None, explained_class=None
     )
 
 

@@ -250,3 +250,32 @@ def test_python_dashboard_py_serves_the_page_with_its_models_warmed_up(weights_r
             assert page.locator(ERROR_ELEMENTS).count() == 0
         finally:
             browser.close()
+
+
+def test_model_cards_page_draws_the_comparison_from_the_shipped_cards(tmp_path):
+    """The shipped cards carry their curves: the page draws them in a real browser with no data set and no JSON.
+
+    `LUNGVIZ_CARDS_SCREENSHOT` (e.g. docs/model_cards.png) also saves README's picture of the page's top.
+    """
+    from playwright.sync_api import expect, sync_playwright
+
+    from lungviz.models.registry import DEFAULT_WEIGHTS_DIR
+
+    with _served(DEFAULT_WEIGHTS_DIR, tmp_path / "streamlit.log") as (url, _), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1400})
+            page.goto(f"{url}/Model_cards")
+            expect(page.get_by_role("heading", name="Model cards")).to_be_visible(timeout=60_000)
+            for title in ("ROC (test)", "Test metrics with 95% intervals", "Learning curves"):
+                expect(page.get_by_text(title).first).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(1500)  # let the plotly charts paint
+            if screenshot := os.environ.get("LUNGVIZ_CARDS_SCREENSHOT"):
+                page.screenshot(path=screenshot)
+            text = page.inner_text("body")
+            alerts = page.locator(ERROR_ELEMENTS).all_inner_texts()
+        finally:
+            browser.close()
+    assert not alerts
+    assert "Traceback" not in text
+    assert '{"' not in text, "raw JSON on the Model cards page"
