@@ -121,7 +121,7 @@ def test_each_model_gets_a_column_with_overlay_label_and_chart_and_a_bad_file_on
     # Both good files render all their task's models; both tasks use the same model names here.
     assert sorted(model_runs) == sorted([c.name for c in cards["xray-pneumonia"]] + [c.name for c in cards["ct-covid"]])
     assert set(columns) == {c.name for c in cards["xray-pneumonia"]}
-    assert headers(app) == ["chest.png", "broken.png", "slice.dcm", "Downloads"]
+    assert headers(app) == ["chest.png", "broken.png", "slice.dcm", "Study summary", "Downloads"]
     labels = [metric.value for metric in app.metric]
     assert len(labels) == 4
     assert set(labels[:2]) <= {"NORMAL", "PNEUMONIA"}
@@ -157,7 +157,7 @@ def test_an_unexpected_failure_names_its_file_and_the_next_file_still_renders(ap
     assert [shown_text(error.value) for error in app.error] == [
         "odd.png: could not be analysed: RuntimeError: graph execution went wrong"
     ]
-    assert headers(app) == ["odd.png", "chest.png", "Downloads"]
+    assert headers(app) == ["odd.png", "chest.png", "Study summary", "Downloads"]
     assert model_columns(app).keys() == {"flat-softmax", "nested-sigmoid"}
     assert [status.state for status in app.status] == ["error", "complete"]
 
@@ -361,7 +361,7 @@ def test_file_names_and_header_values_are_shown_as_text_never_as_markdown(app):
     sources = markdown_sources(app)
     for raw in (beacon, link, "![m](http", ":material_home:", "www.x"):
         assert not [source for source in sources if raw in source], f"{raw!r} reached the page as Markdown"
-    assert headers(app) == [beacon, link, "slice.dcm", "Downloads"]
+    assert headers(app) == [beacon, link, "slice.dcm", "Study summary", "Downloads"]
     assert shown_text(app.error[0].value).startswith(f"{link}: not an image LungViz can read")
     rows = [shown_text(" ".join(row)) for table in app.table for row in table.value.to_numpy()]
     assert f"Manufacturer {manufacturer}" in rows
@@ -379,7 +379,7 @@ def test_files_without_an_extension_are_read_by_content_and_other_formats_say_wh
     )
 
     assert not app.exception
-    assert headers(app) == ["IM0001", "scan", "chest.gif", "notes.txt", "Downloads"]
+    assert headers(app) == ["IM0001", "scan", "chest.gif", "notes.txt", "Study summary", "Downloads"]
     assert len(model_runs) == 4  # both models on the DICOM and on the PNG
     assert [shown_text(error.value) for error in app.error] == [
         "chest.gif: not an image LungViz can read (this is a GIF image): supported are PNG, JPEG, TIFF, BMP and DICOM",
@@ -394,7 +394,7 @@ def test_a_file_taken_out_of_the_uploader_leaves_nothing_holding_its_bytes(app):
     upload(app, ("chest.png", chest_png()))
 
     assert not app.exception
-    assert headers(app) == ["chest.png", "Downloads"]
+    assert headers(app) == ["chest.png", "Study summary", "Downloads"]
     gc.collect()
     still_open = [obj.name for obj in gc.get_objects() if isinstance(obj, UploadedFile) and not obj.closed]
     assert "junk.dcm" not in still_open
@@ -405,7 +405,7 @@ def test_the_same_file_dropped_twice_shows_once_and_a_renamed_copy_separately(ap
     png = chest_png()
     upload(app, ("chest.png", png), ("chest.png", png), ("copy.png", png))
     assert not app.exception
-    assert headers(app) == ["chest.png", "copy.png", "Downloads"]
+    assert headers(app) == ["chest.png", "copy.png", "Study summary", "Downloads"]
 
 
 def test_missing_models_give_instructions_not_a_crash(tmp_path, monkeypatch):
