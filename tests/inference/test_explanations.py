@@ -17,7 +17,7 @@ from lungviz.inference.explanations import (
     get_explainer,
     resize_heatmap,
 )
-from tests.model_factory import INPUT_SIZE, flat_softmax_model, nested_sigmoid_model
+from tests.model_factory import INPUT_SIZE, _conv_stack, flat_softmax_model, nested_sigmoid_model
 
 
 def _nested_softmax_model() -> keras.Model:
@@ -38,6 +38,19 @@ def _nested_softmax_model() -> keras.Model:
         ],
         name="nested_softmax",
     )
+
+
+def _normalised_then_nested_model() -> keras.Model:
+    """Pixels rescaled, then a nested base model: how the packaged backbones (VGG16, MobileNetV2, InceptionV3)
+    are wired; the base is called on an intermediate tensor, not on the model's input."""
+    keras.utils.set_random_seed(7)
+    base_inputs = keras.Input((*INPUT_SIZE, 3))
+    base = keras.Model(base_inputs, _conv_stack(base_inputs, "base"), name="backbone")
+    inputs = keras.Input((*INPUT_SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="input_normalization")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(base(x, training=False))
+    outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="normalised_then_nested")
 
 
 CASES = {  # name: (model factory, cam layer, head)
@@ -238,3 +251,18 @@ def test_explaining_prints_nothing(models, method, capfd):
     capfd.readouterr()
     explainer.explain(_radiograph(seed=8), 0)
     assert capfd.readouterr().out == ""
+
+
+def test_a_base_model_called_after_a_rescaling_layer_is_explained_like_its_flat_equivalent():
+    """The packaged backbones' wiring (pixels -> Rescaling -> nested base): same maps as the same layers inlined."""
+    nested = _normalised_then_nested_model()
+    inputs = keras.Input((*INPUT_SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(_conv_stack(x, "flat"))
+    flat = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    flat.set_weights(nested.get_weights())
+    image = _radiograph(seed=4)
+    for class_index in (0, 1):
+        expected = GradCam(flat, "flat_last_conv").explain(image, class_index)
+        assert np.mean(expected > 0.05) > 0.05  # a map with heat, not a degenerate one
+        np.testing.assert_allclose(GradCam(nested, "base_last_conv").explain(image, class_index), expected, atol=1e-5)

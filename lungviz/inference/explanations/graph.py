@@ -164,13 +164,16 @@ def _rewire(model: keras.Model, inputs, call):
         for layer in model.layers:
             x = call(layer, x)
         return x
-    try:
-        clone = keras.models.clone_model(
-            model, input_tensors=inputs, clone_function=lambda layer: layer, call_function=call
-        )
-    except ValueError as error:
+    # Run the graph symbolically without building a Functional per nested model: building one on an
+    # intermediate tensor (a base model called after a Rescaling layer) fails in Keras 3, and only the
+    # one flat model at the end needs to exist.
+    if not hasattr(model, "_run_through_graph"):
         raise ExplanationError(
             f"cannot look inside model {model.name!r} ({type(model).__name__}); "
-            f"CAMs need Functional or Sequential models: {error}"
-        ) from error
-    return clone.outputs[0]
+            "CAMs need Functional or Sequential models"
+        )
+    try:
+        outputs = model._run_through_graph(inputs, operation_fn=lambda layer: layer, call_fn=call)
+    except ValueError as error:
+        raise ExplanationError(f"cannot look inside model {model.name!r} ({type(model).__name__}): {error}") from error
+    return outputs[0] if isinstance(outputs, list | tuple) else outputs
