@@ -100,8 +100,11 @@ def _on_grid(heatmap: np.ndarray) -> np.ndarray:
 def _mean_rank_correlation(reference: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:
     values = []
     for before, after in zip(reference, maps, strict=True):
-        correlation = spearmanr(_on_grid(before), _on_grid(after)).statistic
-        values.append(0.0 if np.isnan(correlation) else float(correlation))  # a constant map: no rank order left
+        first, second = _on_grid(before), _on_grid(after)
+        if np.ptp(first) == 0 or np.ptp(second) == 0:  # a constant map has no rank order left to compare
+            values.append(0.0)
+            continue
+        values.append(float(spearmanr(first, second).statistic))
     return float(np.mean(values))
 
 

@@ -192,7 +192,9 @@ def test_odd_file_names_stay_text_and_every_overlay_and_row_reaches_the_download
         finally:
             browser.close()
 
-    assert sorted(text.replace(WORD_JOINER, "").strip() for text in headings) == sorted([*files, "Downloads"])
+    assert sorted(text.replace(WORD_JOINER, "").strip() for text in headings) == sorted(
+        [*files, "Study summary", "Downloads"]
+    )
     assert active == 0
     assert not elsewhere(test_models_url, requested)
     with zipfile.ZipFile(zipped) as archive:
