@@ -409,12 +409,16 @@ def _run_randomisation(args: argparse.Namespace) -> int:
         raise UsageError("--images must be at least 2")
     session = _session(args.weights)
     report: dict[str, dict[str, object]] = {}
+    samples: dict[tuple[tuple[int, ...], str], np.ndarray] = {}  # models sharing an input size share the images
     for card in select_cards(session.cards[args.task], _names(args.models)):
-        cropper = lung_cropper(args.task, card.input_crop, Path("runs") / args.task, session.root)
-        val = load_split(args.data, "val", get_task(args.task).classes, card.input_size, cropper)
-        chosen = np.sort(np.random.default_rng(0).choice(len(val), min(args.images, len(val)), replace=False))
+        key = (tuple(card.input_size), card.input_crop)
+        if key not in samples:
+            cropper = lung_cropper(args.task, card.input_crop, Path("runs") / args.task, session.root)
+            val = load_split(args.data, "val", get_task(args.task).classes, card.input_size, cropper)
+            chosen = np.sort(np.random.default_rng(0).choice(len(val), min(args.images, len(val)), replace=False))
+            samples[key] = gray_batch_to_input(val.images[chosen])
         model = session.classifier(card).model
-        results = randomisation_check(model, card.cam_layer, gray_batch_to_input(val.images[chosen]), methods)
+        results = randomisation_check(model, card.cam_layer, samples[key], methods)
         report[card.name] = {method: result.to_dict() for method, result in results.items()}
         if args.update_cards and card.card_path is not None:
             card.metrics = {**card.metrics, "randomisation": report[card.name]}

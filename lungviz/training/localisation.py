@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from lungviz.errors import DatasetError
+from lungviz.inference.explanations.graph import find_layer
 from lungviz.inference.localisation import heat_share, pointing_hit
 from lungviz.inference.lungs import Lungs, XrayLungSegmenter
 from lungviz.inference.prediction import Classifier
@@ -148,13 +149,12 @@ def compare_layers(
     classifier: Classifier, images: Sequence[AnnotatedImage], layers: Sequence[str], method: str
 ) -> dict[str, dict[str, Any]]:
     """Localisation scores of `method` at each of `layers` the model has (others are skipped)."""
-    names = {layer.name for layer in _all_layers(classifier.model)}
     return {
         layer: localisation_scores(
             Classifier(replace(classifier.card, cam_layer=layer), classifier.model), images, method
         )
         for layer in layers
-        if layer in names
+        if find_layer(classifier.model, layer) is not None
     }
 
 
@@ -168,13 +168,3 @@ def best_layer(scores_by_layer: dict[str, dict[str, Any]]) -> str:
         return scores["pointing_hit_rate"]["value"], scores["heat_inside"]["value"]
 
     return max(scores_by_layer, key=rank)
-
-
-def _all_layers(model) -> list[Any]:
-    """Every layer, including those inside nested backbones (where transfer models keep their CAM layers)."""
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if hasattr(layer, "layers"):
-            found.extend(_all_layers(layer))
-    return found

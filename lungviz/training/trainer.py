@@ -197,8 +197,9 @@ def loss_weights(split: datasets.SplitData) -> dict[str, dict[str, float]]:
     share = np.sqrt([np.sum(split.sources == source) for source in sources])
     share /= share.sum()
     weights: dict[str, dict[str, float]] = {}
+    counts_by_source = split.counts_by_source()
     for source, source_share in zip(sources, share, strict=True):
-        counts = split.counts_by_source()[source]
+        counts = counts_by_source[source]
         missing = [name for name, count in counts.items() if count == 0]
         if missing:
             raise TrainingError(f"every class needs training images; {source} has none of {missing}")
